@@ -1,0 +1,129 @@
+"""What a batch job is: parameters, a plan of chunks, per-chunk work, and a reduce."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import Connection, Engine
+
+from batchapp.settings import Settings
+
+JSON = Any
+MAX_CHUNKS = 10_000
+
+
+class ParamError(ValueError):
+    """A job parameter is missing, unknown, or out of range."""
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What job code may use: settings, the batchapp database, and the result store."""
+
+    settings: Settings
+    engine: Engine
+    expire_results: Callable[[], None] = field(default=lambda: None)
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.settings.timezone)
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    items_done: int
+    items_failed: int = 0
+    output: JSON = None
+
+
+class Job(ABC):
+    """A batch job. Chunks run in parallel; the last one to finish runs :meth:`reduce`.
+
+    :meth:`commit` runs in the same transaction that marks the chunk done, so a chunk that the
+    broker delivers twice writes its output once.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    params_help: ClassVar[str]
+
+    @abstractmethod
+    def parse_params(self, raw: Mapping[str, Any], ctx: JobContext) -> dict[str, JSON]:
+        """Checked, JSON-ready parameters; :class:`ParamError` names what is wrong."""
+
+    @abstractmethod
+    def plan(self, params: dict[str, JSON], ctx: JobContext) -> Iterator[dict[str, JSON]]:
+        """One spec per chunk, in order."""
+
+    def prepare(self, params: dict[str, JSON], spec: dict[str, JSON], ctx: JobContext) -> Any:
+        """CPU or I/O work done outside any transaction (parsing, say); default: nothing."""
+        return None
+
+    @abstractmethod
+    def commit(
+        self,
+        connection: Connection,
+        job_id: str,
+        params: dict[str, JSON],
+        spec: dict[str, JSON],
+        prepared: Any,
+        ctx: JobContext,
+    ) -> ChunkOutcome:
+        """Write the chunk's output in the ledger's transaction."""
+
+    def reduce(self, params: dict[str, JSON], outputs: list[JSON]) -> JSON:
+        """The job's result from its chunks' outputs, in chunk order; runs in the transaction
+        that marks the last chunk done, so keep it small."""
+        return None
+
+
+def utcnow() -> datetime:
+    """Naive UTC, the form every batchapp timestamp is stored in."""
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def check_keys(job: str, raw: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ParamError(
+            f"{job}: unknown parameter {unknown[0]!r} (known: {', '.join(sorted(known))})"
+        )
+
+
+def int_param(
+    job: str,
+    raw: Mapping[str, Any],
+    name: str,
+    *,
+    default: int | None = None,
+    minimum: int,
+    maximum: int,
+) -> int:
+    """An int parameter given as an int or as decimal text (from the CLI)."""
+    value = raw.get(name, default)
+    if value is None:
+        raise ParamError(f"{job}: missing parameter {name} (an integer)")
+    if isinstance(value, str):
+        text = value.strip().replace("_", "")
+        if not (text.isascii() and text.lstrip("-").isdigit()):
+            raise ParamError(f"{job}: {name} must be an integer, got {value!r}")
+        value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParamError(f"{job}: {name} must be an integer, got {type(value).__name__}")
+    if not minimum <= value <= maximum:
+        raise ParamError(f"{job}: {name} must be between {minimum:,} and {maximum:,}, got {value:,}")
+    return value
+
+
+def str_param(job: str, raw: Mapping[str, Any], name: str) -> str:
+    value = raw.get(name)
+    if value is None:
+        raise ParamError(f"{job}: missing parameter {name}")
+    if not isinstance(value, str) or not value.strip():
+        raise ParamError(f"{job}: {name} must be a non-empty string, got {value!r}")
+    return value.strip()

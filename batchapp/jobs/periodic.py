@@ -1,0 +1,85 @@
+"""Jobs that beat runs on a schedule: each is one chunk, and never overlaps itself."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, DateTime, delete, func, insert, literal, select
+
+from batchapp.jobs.base import JSON, ChunkOutcome, Job, JobContext, check_keys, utcnow
+from batchapp.tables import chunks, jobs, locks, sales, sales_daily, sales_rejects
+
+
+class _SingleChunk(Job):
+    params_help = "(none)"
+
+    def parse_params(self, raw: Mapping[str, Any], ctx: JobContext) -> dict[str, JSON]:
+        check_keys(self.name, raw, set())
+        return {}
+
+    def plan(self, params: dict[str, JSON], ctx: JobContext) -> Iterator[dict[str, JSON]]:
+        yield {}
+
+    def reduce(self, params: dict[str, JSON], outputs: list[JSON]) -> JSON:
+        return outputs[0]
+
+
+class SalesReport(_SingleChunk):
+    name = "report"
+    summary = "totals per day (in the configured timezone) and store into sales_daily"
+
+    def commit(
+        self,
+        connection: Connection,
+        job_id: str,
+        params: dict[str, JSON],
+        spec: dict[str, JSON],
+        prepared: Any,
+        ctx: JobContext,
+    ) -> ChunkOutcome:
+        now = utcnow()
+        totals = select(
+            sales.c.sold_on,
+            sales.c.store,
+            func.count(),
+            func.sum(sales.c.quantity),
+            func.sum(sales.c.amount_cents),
+            literal(now, DateTime()),
+        ).group_by(sales.c.sold_on, sales.c.store)
+        connection.execute(delete(sales_daily))
+        written = connection.execute(
+            insert(sales_daily).from_select(
+                ["day", "store", "orders", "units", "revenue_cents", "updated_at"], totals
+            )
+        ).rowcount
+        days = connection.execute(select(func.count(func.distinct(sales_daily.c.day)))).scalar()
+        return ChunkOutcome(items_done=written, output={"rows": written, "days": days or 0})
+
+
+class Cleanup(_SingleChunk):
+    name = "cleanup"
+    summary = "remove expired task results and ledger entries past the retention"
+
+    def prepare(self, params: dict[str, JSON], spec: dict[str, JSON], ctx: JobContext) -> Any:
+        ctx.expire_results()
+        return None
+
+    def commit(
+        self,
+        connection: Connection,
+        job_id: str,
+        params: dict[str, JSON],
+        spec: dict[str, JSON],
+        prepared: Any,
+        ctx: JobContext,
+    ) -> ChunkOutcome:
+        now = utcnow()
+        cutoff = now - timedelta(days=ctx.settings.ledger_retention_days)
+        old = select(jobs.c.id).where(jobs.c.finished_at < cutoff).scalar_subquery()
+        connection.execute(delete(chunks).where(chunks.c.job_id.in_(old)))
+        connection.execute(delete(sales_rejects).where(sales_rejects.c.job_id.in_(old)))
+        removed = connection.execute(delete(jobs).where(jobs.c.finished_at < cutoff)).rowcount
+        connection.execute(delete(locks).where(locks.c.expires_at < now))
+        return ChunkOutcome(items_done=removed, output={"jobs_removed": removed})

@@ -1,0 +1,184 @@
+"""The sales CSV format: one sale per line, checked field by field.
+
+    order_id,sold_at,store,sku,quantity,unit_price
+    S-000000001,2026-11-24T13:05:09+09:00,SEOUL-03,SKU-0042,2,19.90
+
+- ``order_id``: 1-64 characters of letters, digits, ``-`` and ``_``; the unique key.
+- ``sold_at``: ISO 8601; a time without an offset is read in the configured timezone.
+- ``store``, ``sku``: 1-32 characters.
+- ``quantity``: an integer from 1 to 1,000,000.
+- ``unit_price``: a decimal with at most 2 places, from 0 to 999,999,999.99.
+
+The header names the columns (any order, no extras). Fields may be quoted; a record may not
+span lines. A line that fails a check is rejected with its line number and the reason.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+COLUMNS = ("order_id", "sold_at", "store", "sku", "quantity", "unit_price")
+MAX_LINE_BYTES = 64 * 1024
+MAX_QUANTITY = 1_000_000
+RAW_KEEP = 200
+
+_ORDER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+_PRICE = re.compile(r"(\d{1,9})(?:\.(\d{1,2}))?\Z")
+
+Row = tuple[Any, ...]
+"""order_id, sold_at (UTC), sold_on (local day), store, sku, quantity, unit and total cents."""
+
+
+class HeaderError(ValueError):
+    """The header line does not name exactly the sales columns."""
+
+
+def read_header(first_line: bytes) -> tuple[str, ...]:
+    """The column order the header gives; :class:`HeaderError` says what is missing or extra."""
+    try:
+        text = first_line.decode("utf-8-sig").strip()
+    except UnicodeDecodeError:
+        raise HeaderError("the header line is not valid UTF-8") from None
+    if not text:
+        raise HeaderError(f"the first line must be a header: {','.join(COLUMNS)}")
+    names = tuple(name.strip().lower() for name in next(csv.reader([text])))
+    missing = [name for name in COLUMNS if name not in names]
+    extra = [name for name in names if name not in COLUMNS]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    problems = []
+    if missing:
+        problems.append(f"missing column(s) {', '.join(missing)}")
+    if extra:
+        problems.append(f"unknown column(s) {', '.join(repr(n) for n in extra)}")
+    if duplicated:
+        problems.append(f"repeated column(s) {', '.join(duplicated)}")
+    if problems:
+        raise HeaderError(f"bad header: {'; '.join(problems)} (expected {','.join(COLUMNS)})")
+    return names
+
+
+@dataclass(frozen=True)
+class RowParser:
+    """Turns one line into a :data:`Row`, or a reason it is rejected."""
+
+    columns: tuple[str, ...]
+    tz: ZoneInfo
+    to_db_time: Callable[[datetime], Any]
+    to_db_date: Callable[[date], Any]
+
+    def __call__(self, line: str) -> Row | str:
+        if not line:
+            return "empty line"
+        if '"' in line:
+            try:
+                fields = next(csv.reader([line], strict=True))
+            except csv.Error as exc:
+                return f"malformed quoting: {exc}"
+        else:
+            fields = line.split(",")
+        if len(fields) != len(COLUMNS):
+            return f"expected {len(COLUMNS)} fields, got {len(fields)}"
+        value = dict(zip(self.columns, fields, strict=True))
+
+        order_id = value["order_id"].strip()
+        if not _ORDER_ID.match(order_id):
+            return f"order_id: expected 1-64 letters, digits, '-' or '_', got {order_id!r}"
+
+        sold_at_text = value["sold_at"].strip()
+        try:
+            sold_at = datetime.fromisoformat(sold_at_text)
+        except ValueError:
+            return f"sold_at: not an ISO 8601 date and time: {sold_at_text!r}"
+        if sold_at.tzinfo is None:
+            sold_at = sold_at.replace(tzinfo=self.tz)
+        sold_on = sold_at.astimezone(self.tz).date()
+        sold_at_utc = sold_at.astimezone(UTC).replace(tzinfo=None)
+
+        store = value["store"].strip()
+        if not 1 <= len(store) <= 32:
+            return f"store: expected 1-32 characters, got {len(store)}"
+        sku = value["sku"].strip()
+        if not 1 <= len(sku) <= 32:
+            return f"sku: expected 1-32 characters, got {len(sku)}"
+
+        quantity_text = value["quantity"].strip()
+        if not (quantity_text.isascii() and quantity_text.isdigit()):
+            return f"quantity: not a whole number: {quantity_text!r}"
+        quantity = int(quantity_text)
+        if not 1 <= quantity <= MAX_QUANTITY:
+            return f"quantity: must be between 1 and {MAX_QUANTITY:,}, got {quantity:,}"
+
+        price_text = value["unit_price"].strip()
+        price = _PRICE.match(price_text)
+        if price is None:
+            return f"unit_price: expected a decimal with at most 2 places, got {price_text!r}"
+        whole, fraction = price.groups()
+        unit_cents = int(whole) * 100 + int((fraction or "0").ljust(2, "0"))
+
+        return (
+            order_id,
+            self.to_db_time(sold_at_utc),
+            self.to_db_date(sold_on),
+            store,
+            sku,
+            quantity,
+            unit_cents,
+            unit_cents * quantity,
+        )
+
+
+@dataclass(frozen=True)
+class SampleStats:
+    rows: int
+    bad: int
+
+
+_BAD_ROWS: tuple[Callable[[int], str], ...] = (
+    lambda i: f"S-{i:09d},2026-02-30T10:00:00+09:00,SEOUL-01,SKU-0001,1,1.00",
+    lambda i: f"S-{i:09d},2026-11-24T10:00:00+09:00,SEOUL-01,SKU-0001,-3,1.00",
+    lambda i: f"S-{i:09d},2026-11-24T10:00:00+09:00,SEOUL-01,SKU-0001,1,12.345",
+    lambda i: f"S-{i:09d},2026-11-24T10:00:00+09:00,SEOUL-01,SKU-0001",
+    lambda i: f"S-{i:09d},2026-11-24T10:00:00+09:00,SEOUL-01,SKU-0001,1,1.00,extra",
+    lambda i: f",2026-11-24T10:00:00+09:00,SEOUL-01,SKU-0001,1,1.00",
+    lambda i: f"S-{i:09d},yesterday,SEOUL-01,SKU-0001,1,1.00",
+    lambda i: f"S-{i:09d},2026-11-24T10:00:00+09:00,SEOUL-01,SKU-0001,many,1.00",
+)
+"""Kinds of bad row the sample writer mixes in, one after another."""
+
+
+def write_sample(path: Path, rows: int, bad_fraction: float = 0.0, seed: int = 1) -> SampleStats:
+    """Write ``rows`` data lines of realistic sales, about ``bad_fraction`` of them bad."""
+    rng = random.Random(seed)
+    start = datetime(2026, 10, 1, tzinfo=ZoneInfo("Asia/Seoul"))
+    stores = [f"{city}-{n:02d}" for city in ("SEOUL", "BUSAN", "INCHEON") for n in range(1, 5)]
+    bad = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as out:
+        out.write(",".join(COLUMNS) + "\n")
+        batch: list[str] = []
+        for i in range(rows):
+            if bad_fraction and rng.random() < bad_fraction:
+                batch.append(_BAD_ROWS[bad % len(_BAD_ROWS)](i))
+                bad += 1
+            else:
+                sold_at = start + timedelta(seconds=rng.randrange(60 * 86400))
+                cents = rng.randrange(50, 30000)
+                batch.append(
+                    f"S-{i:09d},{sold_at.isoformat()},{rng.choice(stores)},"
+                    f"SKU-{rng.randrange(1, 500):04d},{rng.randrange(1, 20)},"
+                    f"{cents // 100}.{cents % 100:02d}"
+                )
+            if len(batch) >= 10_000:
+                out.write("\n".join(batch) + "\n")
+                batch.clear()
+        if batch:
+            out.write("\n".join(batch) + "\n")
+    return SampleStats(rows=rows, bad=bad)

@@ -1,0 +1,245 @@
+"""Read batchapp's configuration from ``BATCHAPP_*`` environment variables.
+
+A ``.env`` file in the current folder is loaded first, without overriding variables that are
+already set in the real environment. Every value is checked here, so a typo fails at start with
+the variable's name instead of deep inside Celery or SQLAlchemy.
+"""
+
+from __future__ import annotations
+
+import os
+import zoneinfo
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from dotenv import load_dotenv
+from kombu.utils.url import maybe_sanitize_url
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from batchapp.schedule import beat_schedule
+
+PREFIX = "BATCHAPP_"
+BROKER_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "filesystem", "memory", "redis", "rediss"})
+RESULT_SCHEMES = frozenset({"rpc", "redis", "rediss", "disabled"})
+DATABASE_DIALECTS = frozenset({"sqlite", "postgresql"})
+
+T = TypeVar("T")
+
+
+class SettingsError(ValueError):
+    """A BATCHAPP_* variable holds a value batchapp cannot use."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    broker_url: str
+    result_backend: str
+    database_url: str
+    timezone: str
+    task_soft_time_limit: float
+    task_time_limit: float
+    result_expires: int
+    ledger_retention_days: int
+    beat_interval: float
+    prefetch_multiplier: int
+
+    @property
+    def broker_is_filesystem(self) -> bool:
+        return self.broker_url.startswith("filesystem:")
+
+
+def default_data_dir(environ: Mapping[str, str]) -> Path:
+    """The one place worker, beat and callers share when BATCHAPP_DATA_DIR is not set."""
+    xdg = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "batchapp"
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``environ`` (default: the process environment plus ``.env``)."""
+    if environ is None:
+        load_dotenv(Path.cwd() / ".env", override=False)
+        environ = os.environ
+    env = _Env(environ)
+    data_dir = env.get("DATA_DIR", Path, default_data_dir(environ)).expanduser().resolve()
+    soft_limit = env.get("TASK_SOFT_TIME_LIMIT", _positive(float), 300.0)
+    hard_limit = env.get("TASK_TIME_LIMIT", _positive(float), soft_limit + 60)
+    if hard_limit <= soft_limit:
+        raise SettingsError(
+            f"{PREFIX}TASK_TIME_LIMIT ({hard_limit:g}) must be greater than "
+            f"{PREFIX}TASK_SOFT_TIME_LIMIT ({soft_limit:g}), so a task gets a chance to clean up"
+        )
+    return Settings(
+        data_dir=data_dir,
+        broker_url=env.get(
+            "BROKER_URL", _broker_url, "amqp://guest:guest@localhost:5672//"
+        ),
+        result_backend=env.get(
+            "RESULT_BACKEND", _result_backend, f"db+sqlite:///{data_dir / 'results.sqlite'}"
+        ),
+        database_url=env.get(
+            "DATABASE_URL", _database_url, f"sqlite:///{data_dir / 'batchapp.sqlite'}"
+        ),
+        timezone=env.get("TIMEZONE", _timezone, "Asia/Seoul"),
+        task_soft_time_limit=soft_limit,
+        task_time_limit=hard_limit,
+        result_expires=env.get("RESULT_EXPIRES", _positive(int), 86400),
+        ledger_retention_days=env.get("LEDGER_RETENTION_DAYS", _positive(int), 30),
+        beat_interval=env.get("BEAT_INTERVAL", _positive(float), 60.0),
+        prefetch_multiplier=env.get("PREFETCH_MULTIPLIER", _positive(int), 1),
+    )
+
+
+class _Env:
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def get(self, name: str, parse: Callable[[str], T], default: T) -> T:
+        raw = self._environ.get(PREFIX + name, "").strip()
+        if not raw:
+            return default
+        try:
+            return parse(raw)
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(f"{PREFIX}{name}: {exc}") from None
+
+
+def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
+    def parse(raw: str) -> T:
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ValueError(f"expected a positive {kind.__name__}, got {raw!r}") from None
+        if not value > 0:  # type: ignore[operator]
+            raise ValueError(f"expected a positive {kind.__name__}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _scheme(url: str) -> str:
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if not scheme:
+        raise ValueError(f"{maybe_sanitize_url(url)!r} is not a URL (expected scheme://...)")
+    return scheme
+
+
+def _broker_url(url: str) -> str:
+    scheme = _scheme(url)
+    if scheme not in BROKER_SCHEMES:
+        raise ValueError(
+            f"unsupported broker scheme {scheme!r} in {maybe_sanitize_url(url)!r}; "
+            f"use one of {', '.join(sorted(BROKER_SCHEMES))}"
+        )
+    if scheme.startswith(("amqp", "pyamqp")):
+        try:
+            urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as exc:
+            raise ValueError(f"{maybe_sanitize_url(url)!r}: {exc}") from None
+    return url
+
+
+def _result_backend(url: str) -> str:
+    scheme = _scheme(url)
+    if scheme.startswith("db+"):
+        _database_url(url.removeprefix("db+"))
+    elif scheme not in RESULT_SCHEMES:
+        raise ValueError(
+            f"unsupported result backend {maybe_sanitize_url(url)!r}; use db+sqlite:///PATH, "
+            f"db+postgresql://..., or one of {', '.join(sorted(RESULT_SCHEMES))}"
+        )
+    return url
+
+
+def _database_url(url: str) -> str:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ValueError(f"{maybe_sanitize_url(url)!r} is not an SQLAlchemy URL") from None
+    if parsed.get_backend_name() not in DATABASE_DIALECTS:
+        raise ValueError(
+            f"unsupported database {parsed.get_backend_name()!r} in "
+            f"{parsed.render_as_string(hide_password=True)!r}; use sqlite or postgresql"
+        )
+    return url
+
+
+def _timezone(name: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown timezone {name!r} (expected an IANA name such as Asia/Seoul)")
+    return name
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery 5 (lowercase) configuration for ``settings``."""
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        # Publisher confirms: apply_async returns only once RabbitMQ has the message.
+        "broker_transport_options": {"confirm_publish": True},
+        # Retry the broker at start and after a drop instead of exiting (Celery 6 default).
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "result_backend": settings.result_backend,
+        # 'db' URLs get batchapp's backend: WAL, one upsert per result, fast polling get().
+        "override_backends": {"db": "batchapp.results:DatabaseBackend"},
+        # Every SQLAlchemy engine Celery makes gets the same SQLite pragmas as ours.
+        "database_engine_callback": "batchapp.db:configure_engine",
+        # Retry result writes on transient database errors instead of failing the task.
+        "result_backend_always_retry": True,
+        "result_backend_max_retries": 10,
+        # JSON only: a pickle message is refused, never deserialized.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "event_serializer": "json",
+        "timezone": settings.timezone,
+        "enable_utc": True,
+        # A runaway task is told to stop (soft) and then killed (hard); the worker lives on.
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        # Ack after the task ran, and requeue if its process died: batch tasks are idempotent.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # Chunks are long: a worker holds only what it runs, so idle workers get the rest.
+        "worker_prefetch_multiplier": settings.prefetch_multiplier,
+        "result_expires": settings.result_expires,
+        # Results are opt-in per task (calculate_sum opts in); job results live in the ledger.
+        "task_ignore_result": True,
+        "task_track_started": False,
+        # Keep our logging config; send task events so `celery events` and Flower work.
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,
+        "beat_schedule": beat_schedule(settings.beat_interval),
+        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
+        "imports": [],
+    }
+    if settings.broker_is_filesystem:
+        broker_dir = settings.data_dir / "broker"
+        config["broker_transport_options"] = {
+            "data_folder_in": str(broker_dir / "queue"),
+            "data_folder_out": str(broker_dir / "queue"),
+            "control_folder": str(broker_dir / "control"),
+            "processed_folder": str(broker_dir / "processed"),
+            "store_processed": False,
+            # The embedded broker polls folders; a short interval keeps the demo snappy.
+            "polling_interval": 0.05,
+        }
+        # No fanout exchanges on a folder: no remote control, no events.
+        config["worker_enable_remote_control"] = False
+        config["worker_send_task_events"] = False
+    return config
+
+
+def ensure_dirs(settings: Settings) -> None:
+    """Create the data directory (and the embedded broker's folders when it is used)."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if settings.broker_is_filesystem:
+        for sub in ("queue", "control", "processed"):
+            (settings.data_dir / "broker" / sub).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,159 @@
+"""The batchapp database: the job ledger, and the tables batch jobs write.
+
+Tables are created on first use. Later versions only ever add tables and nullable columns,
+which :func:`ensure_schema` adds in place, so upgrading never loses data.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Connection,
+    Date,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    inspect,
+    text,
+)
+from sqlalchemy.exc import DatabaseError
+
+from batchapp.db import write_transaction
+
+metadata = MetaData()
+
+jobs = Table(
+    "batch_jobs",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("params", JSON, nullable=False),
+    # running -> succeeded | failed; a periodic run that found its previous run going: skipped
+    Column("status", String(16), nullable=False),
+    Column("chunks_total", Integer, nullable=False),
+    Column("chunks_done", Integer, nullable=False, default=0),
+    Column("chunks_failed", Integer, nullable=False, default=0),
+    Column("items_done", BigInteger, nullable=False, default=0),
+    Column("items_failed", BigInteger, nullable=False, default=0),
+    Column("result", JSON),
+    Column("error", Text),
+    # Timestamps are naive UTC; the CLI shows them in the configured timezone.
+    Column("created_at", DateTime, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+    Column("finished_at", DateTime),
+    Index("ix_batch_jobs_created_at", "created_at"),
+    Index("ix_batch_jobs_name_status", "name", "status"),
+)
+
+chunks = Table(
+    "batch_chunks",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("spec", JSON, nullable=False),
+    # pending -> done | failed; a failed chunk goes back to pending on retry
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    # The broker delivered this chunk again (its worker died or lost its connection).
+    Column("redelivered", Boolean, nullable=False, default=False),
+    Column("items_done", BigInteger, nullable=False, default=0),
+    Column("items_failed", BigInteger, nullable=False, default=0),
+    Column("output", JSON),
+    Column("error", Text),
+    Column("finished_at", DateTime),
+)
+
+locks = Table(
+    "batch_locks",
+    metadata,
+    # One row per periodic job while a run is going; it expires if its worker died.
+    Column("name", String(64), primary_key=True),
+    Column("job_id", String(32), nullable=False),
+    Column("expires_at", DateTime, nullable=False),
+)
+
+sales = Table(
+    "sales",
+    metadata,
+    Column("order_id", String(64), primary_key=True),
+    Column("sold_at", DateTime, nullable=False),
+    # The sale's calendar day in the configured timezone, for the daily report.
+    Column("sold_on", Date, nullable=False),
+    Column("store", String(32), nullable=False),
+    Column("sku", String(32), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("unit_price_cents", BigInteger, nullable=False),
+    Column("amount_cents", BigInteger, nullable=False),
+    Column("job_id", String(32), nullable=False),
+)
+
+sales_rejects = Table(
+    "sales_rejects",
+    metadata,
+    Column("job_id", String(32), primary_key=True),
+    Column("line", BigInteger, primary_key=True),
+    Column("reason", Text, nullable=False),
+    Column("raw", Text, nullable=False),
+)
+
+sales_daily = Table(
+    "sales_daily",
+    metadata,
+    Column("day", Date, primary_key=True),
+    Column("store", String(32), primary_key=True),
+    Column("orders", BigInteger, nullable=False),
+    Column("units", BigInteger, nullable=False),
+    Column("revenue_cents", BigInteger, nullable=False),
+    Column("updated_at", DateTime, nullable=False),
+)
+
+_prepared: set[str] = set()
+_CREATE_ATTEMPTS = 5
+
+
+def ensure_schema(engine: Engine) -> None:
+    """Create missing tables and nullable columns, once per process and database."""
+    key = engine.url.render_as_string(hide_password=False)
+    if key in _prepared:
+        return
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            with write_transaction(engine) as connection:
+                metadata.create_all(connection)
+                _add_missing_columns(connection)
+            break
+        except DatabaseError:
+            # Another process created the same table between our check and our CREATE.
+            if attempt == _CREATE_ATTEMPTS - 1:
+                raise
+    _prepared.add(key)
+
+
+def _add_missing_columns(connection: Connection) -> None:
+    inspector = inspect(connection)
+    preparer = connection.dialect.identifier_preparer
+    for table in metadata.tables.values():
+        existing = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in existing:
+                continue
+            if not column.nullable:
+                raise RuntimeError(
+                    f"table {table.name} lacks the NOT NULL column {column.name}: "
+                    "migrate it by hand (batchapp only adds nullable columns)"
+                )
+            connection.execute(
+                text(
+                    f"ALTER TABLE {preparer.format_table(table)} "
+                    f"ADD COLUMN {preparer.quote(column.name)} "
+                    f"{column.type.compile(connection.dialect)}"
+                )
+            )
