@@ -18,9 +18,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, Row, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
-from batchapp.db import read_transaction, write_transaction
+from batchapp.db import dialect_insert, read_transaction, write_transaction
 from batchapp.jobs import Job, JobContext, get_job
 from batchapp.jobs.base import JSON, MAX_CHUNKS, ParamError, utcnow
 from batchapp.tables import chunks, ensure_schema, jobs, locks
@@ -176,7 +175,10 @@ def run_chunk(ctx: JobContext, job_id: str, index: int, *, redelivered: bool = F
             items_done=outcome.items_done,
             items_failed=outcome.items_failed,
         )
-    return f"job {job_id} chunk {index} done: {outcome.items_done} items, {outcome.items_failed} failed"
+    return (
+        f"job {job_id} chunk {index} done: "
+        f"{outcome.items_done} items, {outcome.items_failed} failed"
+    )
 
 
 def record_chunk_failure(
@@ -228,8 +230,9 @@ def retry(ctx: JobContext, job_id: str, publish: Publish) -> list[int]:
         connection.execute(
             update(jobs)
             .where(jobs.c.id == job_id)
-            .values(status=RUNNING, chunks_failed=0, error=None, finished_at=None,
-                    updated_at=utcnow())
+            .values(
+                status=RUNNING, chunks_failed=0, error=None, finished_at=None, updated_at=utcnow()
+            )
         )
     if indexes:
         _publish_or_fail(ctx, job_id, indexes, publish)
@@ -258,8 +261,15 @@ def chunk_rows(ctx: JobContext, job_id: str) -> list[Row[Any]]:
     with read_transaction(ctx.engine) as connection:
         return list(
             connection.execute(
-                select(chunks.c.idx, chunks.c.status, chunks.c.attempts, chunks.c.redelivered,
-                       chunks.c.items_done, chunks.c.items_failed, chunks.c.error)
+                select(
+                    chunks.c.idx,
+                    chunks.c.status,
+                    chunks.c.attempts,
+                    chunks.c.redelivered,
+                    chunks.c.items_done,
+                    chunks.c.items_failed,
+                    chunks.c.error,
+                )
                 .where(chunks.c.job_id == job_id)
                 .order_by(chunks.c.idx)
             )
@@ -298,15 +308,13 @@ def _take_lock(
 ) -> str | None:
     """Take the job's lock; returns the id of the run holding it instead, if any."""
     connection.execute(locks.delete().where(locks.c.name == name, locks.c.expires_at < now))
-    insert_lock = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}[
-        connection.dialect.name
-    ]
     taken = connection.execute(
-        insert_lock(locks)
+        dialect_insert(connection.dialect.name, locks)
         .values(name=name, job_id=job_id, expires_at=now + lock_ttl(ctx))
         .on_conflict_do_nothing()
-    ).rowcount
-    if taken:
+        .returning(locks.c.job_id)
+    ).first()
+    if taken is not None:
         return None
     holder: str = connection.execute(
         select(locks.c.job_id).where(locks.c.name == name)
@@ -314,7 +322,9 @@ def _take_lock(
     return holder
 
 
-def _publish_or_fail(ctx: JobContext, job_id: str, indexes: Iterable[int], publish: Publish) -> None:
+def _publish_or_fail(
+    ctx: JobContext, job_id: str, indexes: Iterable[int], publish: Publish
+) -> None:
     try:
         publish(job_id, list(indexes))
     except Exception as exc:
@@ -322,8 +332,12 @@ def _publish_or_fail(ctx: JobContext, job_id: str, indexes: Iterable[int], publi
             connection.execute(
                 update(jobs)
                 .where(jobs.c.id == job_id)
-                .values(status=FAILED, finished_at=utcnow(), updated_at=utcnow(),
-                        error=f"could not publish its chunks: {exc}; run: batchapp retry {job_id}")
+                .values(
+                    status=FAILED,
+                    finished_at=utcnow(),
+                    updated_at=utcnow(),
+                    error=f"could not publish its chunks: {exc}; run: batchapp retry {job_id}",
+                )
             )
         raise
 

@@ -20,13 +20,12 @@ from celery.backends.database import DatabaseBackend as CeleryDatabaseBackend
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.utils.encoding import ensure_bytes
 from sqlalchemy import Table, select
-from sqlalchemy.dialects import postgresql, sqlite
 
-from batchapp.db import engine_for, write_transaction
+from batchapp.db import dialect_insert, engine_for, write_transaction
 
 FIRST_POLL_S = 0.001
 POLL_BACKOFF = 1.25
-_UPSERT_DIALECTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+UPSERT_DIALECTS = frozenset({"sqlite", "postgresql"})
 _BLOB_COLUMNS = ("args", "kwargs", "children")
 
 
@@ -48,8 +47,7 @@ class DatabaseBackend(CeleryDatabaseBackend):  # type: ignore[misc]
         **kwargs: Any,
     ) -> None:
         engine = engine_for(self.url)
-        insert = _UPSERT_DIALECTS.get(engine.dialect.name)
-        if insert is None:
+        if engine.dialect.name not in UPSERT_DIALECTS:
             super()._store_result(task_id, result, state, traceback, request, **kwargs)
             return
         meta = self._get_result_meta(
@@ -70,7 +68,7 @@ class DatabaseBackend(CeleryDatabaseBackend):  # type: ignore[misc]
         if "children" in table.columns:
             children = meta.get("children")
             row["children"] = ensure_bytes(self.encode(children)) if children else None
-        statement = insert(table).values(**row)
+        statement = dialect_insert(engine.dialect.name, table).values(**row)
         # Like Celery's backend: once SUCCESS is stored, a repeated run cannot replace it.
         statement = statement.on_conflict_do_update(
             index_elements=[table.c.task_id],

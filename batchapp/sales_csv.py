@@ -147,7 +147,7 @@ _BAD_ROWS: tuple[Callable[[int], str], ...] = (
     lambda i: f"S-{i:09d},2026-11-24T10:00:00+09:00,SEOUL-01,SKU-0001,1,12.345",
     lambda i: f"S-{i:09d},2026-11-24T10:00:00+09:00,SEOUL-01,SKU-0001",
     lambda i: f"S-{i:09d},2026-11-24T10:00:00+09:00,SEOUL-01,SKU-0001,1,1.00,extra",
-    lambda i: f",2026-11-24T10:00:00+09:00,SEOUL-01,SKU-0001,1,1.00",
+    lambda i: ",2026-11-24T10:00:00+09:00,SEOUL-01,SKU-0001,1,1.00",
     lambda i: f"S-{i:09d},yesterday,SEOUL-01,SKU-0001,1,1.00",
     lambda i: f"S-{i:09d},2026-11-24T10:00:00+09:00,SEOUL-01,SKU-0001,many,1.00",
 )
@@ -155,7 +155,10 @@ _BAD_ROWS: tuple[Callable[[int], str], ...] = (
 
 
 def write_sample(path: Path, rows: int, bad_fraction: float = 0.0, seed: int = 1) -> SampleStats:
-    """Write ``rows`` data lines of realistic sales, about ``bad_fraction`` of them bad."""
+    """Write ``rows`` data lines of realistic sales, about ``bad_fraction`` of them bad.
+
+    Order ids are ``S<seed>-<row>``: files written with the same seed share their ids.
+    """
     rng = random.Random(seed)
     start = datetime(2026, 10, 1, tzinfo=ZoneInfo("Asia/Seoul"))
     stores = [f"{city}-{n:02d}" for city in ("SEOUL", "BUSAN", "INCHEON") for n in range(1, 5)]
@@ -172,7 +175,7 @@ def write_sample(path: Path, rows: int, bad_fraction: float = 0.0, seed: int = 1
                 sold_at = start + timedelta(seconds=rng.randrange(60 * 86400))
                 cents = rng.randrange(50, 30000)
                 batch.append(
-                    f"S-{i:09d},{sold_at.isoformat()},{rng.choice(stores)},"
+                    f"S{seed}-{i:09d},{sold_at.isoformat()},{rng.choice(stores)},"
                     f"SKU-{rng.randrange(1, 500):04d},{rng.randrange(1, 20)},"
                     f"{cents // 100}.{cents % 100:02d}"
                 )

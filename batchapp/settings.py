@@ -55,7 +55,8 @@ class Settings:
 
 def default_data_dir(environ: Mapping[str, str]) -> Path:
     """The one place worker, beat and callers share when BATCHAPP_DATA_DIR is not set."""
-    xdg = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    home = environ.get("HOME") or str(Path.home())
+    xdg = environ.get("XDG_DATA_HOME") or str(Path(home) / ".local" / "share")
     return Path(xdg) / "batchapp"
 
 
@@ -75,9 +76,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         )
     return Settings(
         data_dir=data_dir,
-        broker_url=env.get(
-            "BROKER_URL", _broker_url, "amqp://guest:guest@localhost:5672//"
-        ),
+        broker_url=env.get("BROKER_URL", _broker_url, "amqp://guest:guest@localhost:5672//"),
         result_backend=env.get(
             "RESULT_BACKEND", _result_backend, f"db+sqlite:///{data_dir / 'results.sqlite'}"
         ),
@@ -172,7 +171,9 @@ def _timezone(name: str) -> str:
     try:
         zoneinfo.ZoneInfo(name)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown timezone {name!r} (expected an IANA name such as Asia/Seoul)")
+        raise ValueError(
+            f"unknown timezone {name!r} (expected an IANA name such as Asia/Seoul)"
+        ) from None
     return name
 
 

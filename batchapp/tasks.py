@@ -40,10 +40,14 @@ class ChunkTask(Task):  # type: ignore[misc]
     """Records a chunk's final failure in the ledger, so its job can finish as failed."""
 
     def on_failure(
-        self, exc: BaseException, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any],
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
         einfo: Any,
     ) -> None:
-        job_id, index = (list(args) + [kwargs.get("job_id"), kwargs.get("index")])[:2]
+        job_id, index = [*args, kwargs.get("job_id"), kwargs.get("index")][:2]
         if isinstance(job_id, str) and isinstance(index, int):
             ledger.record_chunk_failure(
                 job_context(), job_id, index, exc, redelivered=_redelivered(self.request)
@@ -63,9 +67,7 @@ def run_chunk(self: Task, job_id: str, index: int) -> str:
     """Run one chunk of a batch job and record it in the ledger."""
     require_str("run_chunk", "job_id", job_id)
     require_int("run_chunk", "index", index, minimum=0)
-    return ledger.run_chunk(
-        job_context(), job_id, index, redelivered=_redelivered(self.request)
-    )
+    return ledger.run_chunk(job_context(), job_id, index, redelivered=_redelivered(self.request))
 
 
 @app.task(name="batchapp.tasks.run_periodic", throws=(ParamError,))

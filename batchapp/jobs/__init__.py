@@ -7,7 +7,9 @@ from batchapp.jobs.import_csv import ImportCsv
 from batchapp.jobs.parallel_sum import ParallelSum
 from batchapp.jobs.periodic import Cleanup, SalesReport
 
-JOBS: dict[str, Job] = {job.name: job for job in (ParallelSum(), ImportCsv(), SalesReport(), Cleanup())}
+JOBS: dict[str, Job] = {
+    job.name: job for job in (ParallelSum(), ImportCsv(), SalesReport(), Cleanup())
+}
 
 
 def get_job(name: str) -> Job:

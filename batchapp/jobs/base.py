@@ -116,7 +116,9 @@ def int_param(
     if isinstance(value, bool) or not isinstance(value, int):
         raise ParamError(f"{job}: {name} must be an integer, got {type(value).__name__}")
     if not minimum <= value <= maximum:
-        raise ParamError(f"{job}: {name} must be between {minimum:,} and {maximum:,}, got {value:,}")
+        raise ParamError(
+            f"{job}: {name} must be between {minimum:,} and {maximum:,}, got {value:,}"
+        )
     return value
 
 

@@ -48,8 +48,7 @@ def resolve_data_path(data_dir: Path, name: str) -> Path:
         real = candidate.resolve(strict=True)
     except FileNotFoundError:
         raise ParamError(
-            f"import_csv: file not found: {name!r} (paths are relative to BATCHAPP_DATA_DIR "
-            f"{root})"
+            f"import_csv: file not found: {name!r} (paths are relative to BATCHAPP_DATA_DIR {root})"
         ) from None
     except (OSError, RuntimeError) as exc:
         raise ParamError(f"import_csv: cannot resolve {name!r}: {exc}") from None
@@ -247,7 +246,4 @@ def _insert_sql(connection: Connection, table: Any, key: str | None) -> str:
     columns = ", ".join(column.name for column in table.columns)
     values = ", ".join(marker for _ in table.columns)
     target = f"({key})" if key else ""
-    return (
-        f"INSERT INTO {table.name} ({columns}) VALUES ({values}) "
-        f"ON CONFLICT {target} DO NOTHING"
-    )
+    return f"INSERT INTO {table.name} ({columns}) VALUES ({values}) ON CONFLICT {target} DO NOTHING"

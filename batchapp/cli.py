@@ -1,0 +1,324 @@
+"""The ``batchapp`` command: submit and follow batch jobs, show the schedule, run the demo.
+
+    batchapp submit parallel_sum n=1000000 chunk_size=10000 --wait
+    batchapp submit import_csv path=sales.csv --wait --json
+    batchapp status ID | batchapp jobs | batchapp retry ID | batchapp schedule
+    batchapp sample-csv sales.csv 100000 --bad 0.01
+    batchapp demo
+
+The Celery app is imported inside each command, so ``demo`` can point it at the embedded
+broker first and a bad setting is reported as one line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import click
+
+from batchapp.settings import SettingsError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """batchapp: chunked parallel jobs and periodic jobs on Celery."""
+
+
+@contextmanager
+def _errors_as_one_line() -> Iterator[None]:
+    """Bad input of any kind ends the command with one line and exit status 1."""
+    from batchapp.jobs import ParamError
+    from batchapp.ledger import JobStateError, UnknownJobError
+
+    try:
+        yield
+    except (SettingsError, ParamError, UnknownJobError, JobStateError, TimeoutError) as exc:
+        raise click.ClickException(str(exc).strip("'\"")) from None
+    except OSError as exc:
+        # The broker (or database) is unreachable: say so, with the URL minus its password.
+        from kombu.utils.url import maybe_sanitize_url
+
+        from batchapp.celery import settings
+
+        raise click.ClickException(
+            f"cannot reach the broker at {maybe_sanitize_url(settings.broker_url)}: {exc}"
+        ) from None
+
+
+def json_option(function: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(function)
+
+
+def _parse_assignments(assignments: tuple[str, ...]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not key.isidentifier():
+            raise click.ClickException(f"malformed parameter {item!r}: expected KEY=VALUE")
+        if key in params:
+            raise click.ClickException(f"parameter {key!r} given twice")
+        params[key] = value
+    return params
+
+
+@main.command()
+@click.argument("job")
+@click.argument("assignments", nargs=-1, metavar="KEY=VALUE...")
+@click.option("--wait", is_flag=True, help="Wait for the job to finish, showing progress.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds to wait.")
+@json_option
+def submit(
+    job: str, assignments: tuple[str, ...], wait: bool, timeout: float | None, as_json: bool
+) -> None:
+    """Submit JOB with its parameters (see `batchapp jobs --help` for the job list)."""
+    params = _parse_assignments(assignments)
+    with _errors_as_one_line():
+        from batchapp import ledger
+        from batchapp.tasks import job_context, submit_job
+
+        view = submit_job(job, params)
+        if wait and not view.finished:
+            view = _wait_with_progress(job_context(), view, timeout, show=not as_json)
+    _print_job(view, as_json)
+    if wait and view.status == ledger.FAILED:
+        sys.exit(1)
+
+
+@main.command()
+@click.argument("job_id")
+@json_option
+def status(job_id: str, as_json: bool) -> None:
+    """Show one job: progress, result or error, and its failed chunks."""
+    with _errors_as_one_line():
+        from batchapp import ledger
+        from batchapp.tasks import job_context
+
+        view = ledger.get(job_context(), job_id)
+        failed = [c for c in ledger.chunk_rows(job_context(), job_id) if c.status == "failed"]
+    _print_job(view, as_json)
+    if failed and not as_json:
+        click.echo("failed chunks:")
+        for chunk in failed[:20]:
+            click.echo(f"  #{chunk.idx} (attempts {chunk.attempts}): {chunk.error}")
+
+
+@main.command()
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@json_option
+def jobs(limit: int, as_json: bool) -> None:
+    """Recent jobs, newest first. Jobs you can submit: parallel_sum, import_csv, report, cleanup."""
+    with _errors_as_one_line():
+        from batchapp import ledger
+        from batchapp.tasks import job_context
+
+        views = ledger.recent(job_context(), limit)
+        tz = job_context().tz
+    if as_json:
+        click.echo(json.dumps([_job_json(v, tz) for v in views], indent=2))
+        return
+    rows = [
+        (
+            v.id,
+            v.name,
+            v.status,
+            f"{v.chunks_done}/{v.chunks_total}"
+            + (f" ({v.chunks_failed} failed)" if v.chunks_failed else ""),
+            f"{v.items_done:,}" + (f" (+{v.items_failed:,} bad)" if v.items_failed else ""),
+            _local(v.created_at, tz),
+        )
+        for v in views
+    ]
+    _table(("ID", "JOB", "STATUS", "CHUNKS", "ITEMS", f"CREATED ({tz.key})"), rows)
+
+
+@main.command()
+@click.argument("job_id")
+@json_option
+def retry(job_id: str, as_json: bool) -> None:
+    """Run again only the failed or unfinished chunks of a job."""
+    with _errors_as_one_line():
+        from batchapp.tasks import retry_job
+
+        indexes = retry_job(job_id)
+    if as_json:
+        click.echo(json.dumps({"id": job_id, "republished": indexes}))
+    else:
+        click.echo(f"job {job_id}: republished {len(indexes)} chunk(s)")
+
+
+@main.command()
+@json_option
+def schedule(as_json: bool) -> None:
+    """The beat schedule, with each entry's next run time."""
+    with _errors_as_one_line():
+        entries = _schedule_entries()
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    tz = entries[0]["timezone"] if entries else "UTC"
+    _table(
+        ("ENTRY", "TASK", "ARGS", "SCHEDULE", f"NEXT RUN ({tz})"),
+        [
+            (e["name"], e["task"], json.dumps(e["args"]), e["schedule"], e["next_run"])
+            for e in entries
+        ],
+    )
+
+
+@main.command("sample-csv")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("rows", type=click.IntRange(min=0))
+@click.option(
+    "--bad",
+    type=click.FloatRange(0, 1),
+    default=0.0,
+    show_default=True,
+    help="Share of rows that are bad (several kinds).",
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+def sample_csv(file: Path, rows: int, bad: float, seed: int) -> None:
+    """Write a sales CSV of ROWS realistic rows to FILE (relative to BATCHAPP_DATA_DIR)."""
+    from batchapp.sales_csv import write_sample
+
+    with _errors_as_one_line():
+        from batchapp.celery import settings
+
+        target = file if file.is_absolute() else settings.data_dir / file
+    stats = write_sample(target, rows, bad, seed)
+    click.echo(f"wrote {target}: {stats.rows:,} rows, {stats.bad:,} bad")
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep the demo's data folder.")
+def demo(keep: bool) -> None:
+    """Run worker and beat on an embedded broker, run the jobs, and stop everything."""
+    from batchapp.demo import run_demo
+
+    sys.exit(run_demo(keep=keep))
+
+
+def _wait_with_progress(ctx: Any, view: Any, timeout: float | None, *, show: bool) -> Any:
+    from batchapp import ledger
+
+    if not (show and sys.stderr.isatty()):
+        return ledger.wait(ctx, view.id, timeout=timeout)
+    with click.progressbar(
+        length=view.chunks_total, label=view.name, file=sys.stderr, show_pos=True
+    ) as bar:
+        seen = 0
+
+        def progress(current: Any) -> None:
+            nonlocal seen
+            finished = current.chunks_done + current.chunks_failed
+            bar.update(finished - seen)
+            seen = finished
+
+        return ledger.wait(ctx, view.id, timeout=timeout, on_progress=progress)
+
+
+def _schedule_entries() -> list[dict[str, Any]]:
+    from batchapp.celery import app, settings
+
+    tz = ZoneInfo(settings.timezone)
+    now = datetime.now(UTC)
+    entries = []
+    for name, entry in app.conf.beat_schedule.items():
+        sched = entry["schedule"]
+        if not hasattr(sched, "remaining_estimate"):
+            from celery.schedules import schedule as interval
+
+            sched = interval(sched, app=app)
+        next_run = now + sched.remaining_estimate(now)
+        entries.append(
+            {
+                "name": name,
+                "task": entry["task"],
+                "args": list(entry.get("args", ())),
+                "schedule": _describe_schedule(sched),
+                "next_run": next_run.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S"),
+                "timezone": settings.timezone,
+            }
+        )
+    return entries
+
+
+def _describe_schedule(sched: Any) -> str:
+    run_every = getattr(sched, "run_every", None)
+    if run_every is not None and not hasattr(sched, "minute"):
+        return f"every {run_every.total_seconds():g} s"
+    return str(sched).removeprefix("<crontab: ").removesuffix(">")
+
+
+def _local(value: datetime | None, tz: ZoneInfo) -> str:
+    if value is None:
+        return "-"
+    return value.replace(tzinfo=UTC).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _job_json(view: Any, tz: ZoneInfo) -> dict[str, Any]:
+    elapsed = (view.finished_at - view.created_at).total_seconds() if view.finished_at else None
+    return {
+        "id": view.id,
+        "job": view.name,
+        "params": view.params,
+        "status": view.status,
+        "result": view.result,
+        "error": view.error,
+        "chunks": {
+            "total": view.chunks_total,
+            "done": view.chunks_done,
+            "failed": view.chunks_failed,
+        },
+        "items": {"done": view.items_done, "failed": view.items_failed},
+        "created_at": _iso(view.created_at, tz),
+        "finished_at": _iso(view.finished_at, tz),
+        "elapsed_s": elapsed,
+    }
+
+
+def _iso(value: datetime | None, tz: ZoneInfo) -> str | None:
+    return None if value is None else value.replace(tzinfo=UTC).astimezone(tz).isoformat()
+
+
+def _print_job(view: Any, as_json: bool) -> None:
+    from batchapp.celery import settings
+
+    tz = ZoneInfo(settings.timezone)
+    if as_json:
+        click.echo(json.dumps(_job_json(view, tz), indent=2))
+        return
+    data = _job_json(view, tz)
+    params = " ".join(
+        f"{k}={v}" for k, v in view.params.items() if k not in {"columns", "size", "mtime_ns"}
+    )
+    click.echo(f"job {view.id}  {view.name}  {view.status}")
+    click.echo(f"  params   {params or '-'}")
+    click.echo(
+        f"  chunks   {view.chunks_done}/{view.chunks_total} done, {view.chunks_failed} failed"
+    )
+    click.echo(f"  items    {view.items_done:,} done, {view.items_failed:,} failed")
+    if view.result is not None:
+        click.echo(f"  result   {json.dumps(view.result)}")
+    if view.error:
+        click.echo(f"  error    {view.error}")
+    click.echo(f"  created  {_local(view.created_at, tz)} {tz.key}")
+    if data["elapsed_s"] is not None:
+        click.echo(
+            f"  finished {_local(view.finished_at, tz)} {tz.key} ({data['elapsed_s']:.2f} s)"
+        )
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -1,0 +1,49 @@
+"""Support for tests and benchmarks: a RabbitMQ vhost of their own, and a clear broker check."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from kombu.connection import Connection
+from kombu.utils.url import maybe_sanitize_url
+
+RABBITMQ_HOST = "127.0.0.1:5672"
+START_RABBITMQ = "rabbitmq-server -detached && rabbitmqctl await_startup"
+
+
+class BrokerUnreachable(RuntimeError):
+    """RabbitMQ did not answer; the message says how to start it."""
+
+
+def require_broker(url: str, timeout: float = 3.0) -> None:
+    """Connect once to ``url``, or raise :class:`BrokerUnreachable` with one clear line."""
+    try:
+        with Connection(url, connect_timeout=timeout) as connection:
+            connection.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception as exc:
+        raise BrokerUnreachable(
+            f"RabbitMQ is not reachable at {maybe_sanitize_url(url)} ({exc}); "
+            f"start it with: {START_RABBITMQ}"
+        ) from None
+
+
+def _rabbitmqctl(*args: str) -> None:
+    if shutil.which("rabbitmqctl") is None:
+        raise BrokerUnreachable(f"rabbitmqctl is not installed; start RabbitMQ: {START_RABBITMQ}")
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@contextmanager
+def rabbitmq_vhost(prefix: str = "batchapp-test") -> Iterator[str]:
+    """A fresh vhost for guest, deleted afterwards; yields its AMQP URL."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    _rabbitmqctl("add_vhost", name)
+    try:
+        _rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
+        yield f"amqp://guest:guest@{RABBITMQ_HOST}/{name}"
+    finally:
+        _rabbitmqctl("delete_vhost", name)

@@ -1,0 +1,152 @@
+"""Test set-up: one RabbitMQ vhost and one data folder per run, real worker processes.
+
+The environment is set here, before any test imports :mod:`batchapp.celery`, so this process
+(the caller) and every worker it starts talk to the run's own vhost. Each module that needs
+workers gets a :class:`Stack` with a fresh ledger database; workers started through it are
+always stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+
+from batchapp import processes
+from batchapp.testing import BrokerUnreachable, rabbitmq_vhost, require_broker
+
+RUN_DATA_DIR = Path(tempfile.mkdtemp(prefix="batchapp-test-"))
+RESULT_TIMEOUT = 30.0
+POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+_session = ExitStack()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    try:
+        require_broker("amqp://guest:guest@127.0.0.1:5672//")
+    except BrokerUnreachable as exc:
+        pytest.exit(str(exc), returncode=3)
+    broker_url = _session.enter_context(rabbitmq_vhost())
+    for name in [n for n in os.environ if n.startswith("BATCHAPP_")]:
+        del os.environ[name]
+    os.environ.update(
+        BATCHAPP_DATA_DIR=str(RUN_DATA_DIR),
+        BATCHAPP_BROKER_URL=broker_url,
+        BATCHAPP_DATABASE_URL=f"sqlite:///{RUN_DATA_DIR / 'caller.sqlite'}",
+        # Worker and beat must start with deprecations as errors (Celery's derive from these).
+        PYTHONWARNINGS="error::DeprecationWarning,error::PendingDeprecationWarning",
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _session.close()
+
+
+@dataclass
+class Stack:
+    """Workers and beat for one module, sharing a ledger database and the run's vhost."""
+
+    name: str
+    database_url: str
+    env: dict[str, str]
+    started: list[processes.CeleryProcess] = field(default_factory=list)
+
+    @property
+    def ctx(self):  # type: ignore[no-untyped-def]
+        from batchapp.celery import settings
+        from batchapp.db import engine_for
+        from batchapp.jobs import JobContext
+        from batchapp.tables import ensure_schema
+
+        engine = engine_for(self.database_url)
+        ensure_schema(engine)
+        return JobContext(settings=replace(settings, database_url=self.database_url), engine=engine)
+
+    def worker(self, name: str = "w1", concurrency: int = 2, **env: str) -> processes.CeleryProcess:
+        process = processes.worker(
+            {**self.env, **env},
+            RUN_DATA_DIR / "logs" / f"{self.name}-{name}-{uuid.uuid4().hex[:6]}.log",
+            concurrency=concurrency,
+            hostname=f"{name}@%h",
+        )
+        self.started.append(process)
+        return process.wait_ready()
+
+    def beat(self, **env: str) -> processes.CeleryProcess:
+        process = processes.beat(
+            {**self.env, **env}, RUN_DATA_DIR / "logs" / f"{self.name}-beat.log"
+        )
+        self.started.append(process)
+        return process.wait_ready()
+
+    def stop_all(self) -> None:
+        while self.started:
+            self.started.pop().stop()
+
+
+def purge_queue() -> None:
+    """Drop messages a previous module left in the run's queue."""
+    from batchapp.celery import app
+
+    app.control.purge()
+
+
+@pytest.fixture(scope="module")
+def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    """A fresh SQLite ledger for the module; workers come from ``stack.worker()``."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    url = f"sqlite:///{RUN_DATA_DIR / f'{name}.sqlite'}"
+    yield from _stack(name, url)
+
+
+def _stack(name: str, database_url: str) -> Iterator[Stack]:
+    purge_queue()
+    stack = Stack(name, database_url, {**os.environ, "BATCHAPP_DATABASE_URL": database_url})
+    try:
+        yield stack
+    finally:
+        stack.stop_all()
+        purge_queue()
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on the local server, dropped afterwards."""
+    database = f"batchapp_test_{uuid.uuid4().hex[:8]}"
+    _psql(f'CREATE DATABASE "{database}"')
+    try:
+        yield f"postgresql://postgres@127.0.0.1:5432/{database}"
+    finally:
+        from batchapp.db import engine_for
+
+        engine_for(f"postgresql://postgres@127.0.0.1:5432/{database}").dispose()
+        _psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def _psql(statement: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text(statement))
+    engine.dispose()
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``batchapp ARGS`` as a user runs it."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "batchapp"), *args],
+        env=env or dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

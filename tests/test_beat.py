@@ -1,0 +1,31 @@
+"""Beat and worker together: the schedule really runs (interval shortened by configuration)."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import select
+
+from batchapp.tables import jobs
+from tests.conftest import Stack
+
+
+def test_beat_runs_calculate_sum_and_the_report_on_schedule(stack: Stack) -> None:
+    worker = stack.worker()
+    beat = stack.beat(BATCHAPP_BEAT_INTERVAL="1")
+
+    worker.wait_for_log("batchapp.tasks.calculate_sum", timeout=30)
+    worker.wait_for_log("succeeded in", timeout=30)
+    deadline = time.monotonic() + 30
+    reports: list[str] = []
+    while time.monotonic() < deadline and "succeeded" not in reports:
+        with stack.ctx.engine.connect() as connection:
+            reports = list(
+                connection.execute(select(jobs.c.status).where(jobs.c.name == "report")).scalars()
+            )
+        time.sleep(0.1)
+
+    assert "succeeded" in reports
+    assert ": 5050" in worker.log()
+    assert "Scheduler: Sending due task calculate-sum (batchapp.tasks.calculate_sum)" in beat.log()
+    assert "Deprecat" not in beat.log() + worker.log()
