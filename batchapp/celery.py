@@ -6,7 +6,11 @@ from celery import Celery
 
 from batchapp import settings as config
 
-settings = config.load()
+try:
+    settings = config.load()
+except config.SettingsError as exc:
+    # Celery's CLI would show a traceback from inside its app loader; this line says it all.
+    raise SystemExit(f"batchapp: {exc}") from None
 config.ensure_dirs(settings)
 
 app = Celery("batchapp", include=["batchapp.tasks"])

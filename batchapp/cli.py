@@ -16,14 +16,12 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import click
-
-from batchapp.settings import SettingsError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -35,15 +33,18 @@ def main() -> None:
 
 @contextmanager
 def _errors_as_one_line() -> Iterator[None]:
-    """Bad input of any kind ends the command with one line and exit status 1."""
+    """Bad input ends the command with one line and exit status 1 (bad settings end in
+    batchapp.celery, with status 1 too)."""
+    from kombu.exceptions import OperationalError as KombuOperationalError
+
     from batchapp.jobs import ParamError
     from batchapp.ledger import JobStateError, UnknownJobError
 
     try:
         yield
-    except (SettingsError, ParamError, UnknownJobError, JobStateError, TimeoutError) as exc:
-        raise click.ClickException(str(exc).strip("'\"")) from None
-    except OSError as exc:
+    except (ParamError, UnknownJobError, JobStateError, TimeoutError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except (OSError, KombuOperationalError) as exc:
         # The broker (or database) is unreachable: say so, with the URL minus its password.
         from kombu.utils.url import maybe_sanitize_url
 
@@ -238,7 +239,10 @@ def _schedule_entries() -> list[dict[str, Any]]:
             from celery.schedules import schedule as interval
 
             sched = interval(sched, app=app)
-        next_run = now + sched.remaining_estimate(now)
+        # Rounded up to the second: the estimate lands a few microseconds early.
+        next_run = (now + sched.remaining_estimate(now) + timedelta(seconds=0.5)).replace(
+            microsecond=0
+        )
         entries.append(
             {
                 "name": name,
@@ -253,10 +257,10 @@ def _schedule_entries() -> list[dict[str, Any]]:
 
 
 def _describe_schedule(sched: Any) -> str:
-    run_every = getattr(sched, "run_every", None)
-    if run_every is not None and not hasattr(sched, "minute"):
-        return f"every {run_every.total_seconds():g} s"
-    return str(sched).removeprefix("<crontab: ").removesuffix(">")
+    if hasattr(sched, "_orig_minute"):
+        fields = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+        return "cron " + " ".join(str(getattr(sched, f"_orig_{name}")) for name in fields)
+    return f"every {sched.run_every.total_seconds():g} s"
 
 
 def _local(value: datetime | None, tz: ZoneInfo) -> str:

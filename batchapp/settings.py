@@ -219,6 +219,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_send_task_events": True,
         "beat_schedule": beat_schedule(settings.beat_interval),
         "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
+        # Save beat's state after every send: a beat killed and restarted won't resend a tick.
+        "beat_sync_every": 1,
         "imports": [],
     }
     if settings.broker_is_filesystem:
