@@ -283,7 +283,7 @@ def wait(
     timeout: float | None = None,
     on_progress: Callable[[JobView], None] | None = None,
 ) -> JobView:
-    """Poll until the job has finished (from 1 ms, backing off to 0.2 s)."""
+    """Poll until the job has finished (from 1 ms, backing off by 20% to 0.2 s)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     nap = 0.001
     while True:
@@ -295,7 +295,7 @@ def wait(
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(f"job {job_id} still {view.status} after {timeout:g} s")
         time.sleep(nap)
-        nap = min(nap * 1.5, 0.2)
+        nap = min(nap * 1.2, 0.2)
 
 
 def lock_ttl(ctx: JobContext) -> timedelta:

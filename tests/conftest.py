@@ -83,7 +83,8 @@ class Stack:
 
     def beat(self, **env: str) -> processes.CeleryProcess:
         process = processes.beat(
-            {**self.env, **env}, RUN_DATA_DIR / "logs" / f"{self.name}-beat.log"
+            {**self.env, **env},
+            RUN_DATA_DIR / "logs" / f"{self.name}-beat-{uuid.uuid4().hex[:6]}.log",
         )
         self.started.append(process)
         return process.wait_ready()
