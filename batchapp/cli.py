@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import click
+
+from batchapp import display
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -89,8 +90,8 @@ def submit(
 
         view = submit_job(job, params)
         if wait and not view.finished:
-            view = _wait_with_progress(job_context(), view, timeout, show=not as_json)
-    _print_job(view, as_json)
+            view = display.wait_with_progress(job_context(), view, timeout, show=not as_json)
+    display.print_job(view, job_context().tz, as_json=as_json)
     if wait and view.status == ledger.FAILED:
         sys.exit(1)
 
@@ -106,7 +107,7 @@ def status(job_id: str, as_json: bool) -> None:
 
         view = ledger.get(job_context(), job_id)
         failed = [c for c in ledger.chunk_rows(job_context(), job_id) if c.status == "failed"]
-    _print_job(view, as_json)
+    display.print_job(view, job_context().tz, as_json=as_json)
     if failed and not as_json:
         click.echo("failed chunks:")
         for chunk in failed[:20]:
@@ -125,21 +126,9 @@ def jobs(limit: int, as_json: bool) -> None:
         views = ledger.recent(job_context(), limit)
         tz = job_context().tz
     if as_json:
-        click.echo(json.dumps([_job_json(v, tz) for v in views], indent=2))
-        return
-    rows = [
-        (
-            v.id,
-            v.name,
-            v.status,
-            f"{v.chunks_done}/{v.chunks_total}"
-            + (f" ({v.chunks_failed} failed)" if v.chunks_failed else ""),
-            f"{v.items_done:,}" + (f" (+{v.items_failed:,} bad)" if v.items_failed else ""),
-            _local(v.created_at, tz),
-        )
-        for v in views
-    ]
-    _table(("ID", "JOB", "STATUS", "CHUNKS", "ITEMS", f"CREATED ({tz.key})"), rows)
+        click.echo(json.dumps([display.job_json(v, tz) for v in views], indent=2))
+    else:
+        display.print_jobs(views, tz)
 
 
 @main.command()
@@ -162,18 +151,14 @@ def retry(job_id: str, as_json: bool) -> None:
 def schedule(as_json: bool) -> None:
     """The beat schedule, with each entry's next run time."""
     with _errors_as_one_line():
-        entries = _schedule_entries()
+        from batchapp.celery import app, settings
+
+        tz = ZoneInfo(settings.timezone)
+        entries = display.schedule_entries(app, tz)
     if as_json:
         click.echo(json.dumps(entries, indent=2))
-        return
-    tz = entries[0]["timezone"] if entries else "UTC"
-    _table(
-        ("ENTRY", "TASK", "ARGS", "SCHEDULE", f"NEXT RUN ({tz})"),
-        [
-            (e["name"], e["task"], json.dumps(e["args"]), e["schedule"], e["next_run"])
-            for e in entries
-        ],
-    )
+    else:
+        display.print_schedule(entries, tz)
 
 
 @main.command("sample-csv")
@@ -206,123 +191,3 @@ def demo(keep: bool) -> None:
     from batchapp.demo import run_demo
 
     sys.exit(run_demo(keep=keep))
-
-
-def _wait_with_progress(ctx: Any, view: Any, timeout: float | None, *, show: bool) -> Any:
-    from batchapp import ledger
-
-    if not (show and sys.stderr.isatty()):
-        return ledger.wait(ctx, view.id, timeout=timeout)
-    with click.progressbar(
-        length=view.chunks_total, label=view.name, file=sys.stderr, show_pos=True
-    ) as bar:
-        seen = 0
-
-        def progress(current: Any) -> None:
-            nonlocal seen
-            finished = current.chunks_done + current.chunks_failed
-            bar.update(finished - seen)
-            seen = finished
-
-        return ledger.wait(ctx, view.id, timeout=timeout, on_progress=progress)
-
-
-def _schedule_entries() -> list[dict[str, Any]]:
-    from batchapp.celery import app, settings
-
-    tz = ZoneInfo(settings.timezone)
-    now = datetime.now(UTC)
-    entries = []
-    for name, entry in app.conf.beat_schedule.items():
-        sched = entry["schedule"]
-        if not hasattr(sched, "remaining_estimate"):
-            from celery.schedules import schedule as interval
-
-            sched = interval(sched, app=app)
-        # Rounded up to the second: the estimate lands a few microseconds early.
-        next_run = (now + sched.remaining_estimate(now) + timedelta(seconds=0.5)).replace(
-            microsecond=0
-        )
-        entries.append(
-            {
-                "name": name,
-                "task": entry["task"],
-                "args": list(entry.get("args", ())),
-                "schedule": _describe_schedule(sched),
-                "next_run": next_run.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S"),
-                "timezone": settings.timezone,
-            }
-        )
-    return entries
-
-
-def _describe_schedule(sched: Any) -> str:
-    if hasattr(sched, "_orig_minute"):
-        fields = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
-        return "cron " + " ".join(str(getattr(sched, f"_orig_{name}")) for name in fields)
-    return f"every {sched.run_every.total_seconds():g} s"
-
-
-def _local(value: datetime | None, tz: ZoneInfo) -> str:
-    if value is None:
-        return "-"
-    return value.replace(tzinfo=UTC).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _job_json(view: Any, tz: ZoneInfo) -> dict[str, Any]:
-    elapsed = (view.finished_at - view.created_at).total_seconds() if view.finished_at else None
-    return {
-        "id": view.id,
-        "job": view.name,
-        "params": view.params,
-        "status": view.status,
-        "result": view.result,
-        "error": view.error,
-        "chunks": {
-            "total": view.chunks_total,
-            "done": view.chunks_done,
-            "failed": view.chunks_failed,
-        },
-        "items": {"done": view.items_done, "failed": view.items_failed},
-        "created_at": _iso(view.created_at, tz),
-        "finished_at": _iso(view.finished_at, tz),
-        "elapsed_s": elapsed,
-    }
-
-
-def _iso(value: datetime | None, tz: ZoneInfo) -> str | None:
-    return None if value is None else value.replace(tzinfo=UTC).astimezone(tz).isoformat()
-
-
-def _print_job(view: Any, as_json: bool) -> None:
-    from batchapp.celery import settings
-
-    tz = ZoneInfo(settings.timezone)
-    if as_json:
-        click.echo(json.dumps(_job_json(view, tz), indent=2))
-        return
-    data = _job_json(view, tz)
-    params = " ".join(
-        f"{k}={v}" for k, v in view.params.items() if k not in {"columns", "size", "mtime_ns"}
-    )
-    click.echo(f"job {view.id}  {view.name}  {view.status}")
-    click.echo(f"  params   {params or '-'}")
-    click.echo(
-        f"  chunks   {view.chunks_done}/{view.chunks_total} done, {view.chunks_failed} failed"
-    )
-    click.echo(f"  items    {view.items_done:,} done, {view.items_failed:,} failed")
-    if view.result is not None:
-        click.echo(f"  result   {json.dumps(view.result)}")
-    if view.error:
-        click.echo(f"  error    {view.error}")
-    click.echo(f"  created  {_local(view.created_at, tz)} {tz.key}")
-    if data["elapsed_s"] is not None:
-        click.echo(
-            f"  finished {_local(view.finished_at, tz)} {tz.key} ({data['elapsed_s']:.2f} s)"
-        )
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=False)]
-    for row in (header, *rows):
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

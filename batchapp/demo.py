@@ -26,7 +26,8 @@ def run_demo(*, keep: bool = False) -> int:
     os.environ.pop("BATCHAPP_RESULT_BACKEND", None)
     os.environ.pop("BATCHAPP_DATABASE_URL", None)
 
-    from batchapp import cli, ledger, processes
+    from batchapp import display, ledger, processes
+    from batchapp.celery import app
     from batchapp.sales_csv import write_sample
     from batchapp.tasks import calculate_sum, job_context, submit_job
 
@@ -41,19 +42,20 @@ def run_demo(*, keep: bool = False) -> int:
         click.echo(f"calculate_sum(100) = {calculate_sum.delay(100).get(timeout=60)}\n")
 
         click.echo("beat schedule:")
-        cli.schedule.callback(as_json=False)  # type: ignore[misc]
+        tz = job_context().tz
+        display.print_schedule(display.schedule_entries(app, tz), tz)
         click.echo()
 
         view = submit_job("parallel_sum", {"n": 1_000_000, "chunk_size": 10_000})
-        view = cli._wait_with_progress(job_context(), view, 120, show=True)
-        cli._print_job(view, as_json=False)
+        view = display.wait_with_progress(job_context(), view, 120, show=True, lines=True)
+        display.print_job(view, tz)
         click.echo()
 
         stats = write_sample(data_dir / "sales.csv", SAMPLE_ROWS, SAMPLE_BAD)
         click.echo(f"sample CSV: {stats.rows:,} rows, {stats.bad:,} of them bad")
         view = submit_job("import_csv", {"path": "sales.csv", "chunk_rows": 2_000})
-        view = cli._wait_with_progress(job_context(), view, 120, show=True)
-        cli._print_job(view, as_json=False)
+        view = display.wait_with_progress(job_context(), view, 120, show=True, lines=True)
+        display.print_job(view, tz)
         ok = view.status == ledger.SUCCEEDED
     finally:
         beat.stop()

@@ -1,0 +1,174 @@
+"""How jobs and the schedule look on a terminal and in JSON (for the CLI and the demo)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import click
+from celery.schedules import maybe_schedule
+
+from batchapp import ledger
+from batchapp.jobs import JobContext
+from batchapp.ledger import JobView
+
+HIDDEN_PARAMS = frozenset({"columns", "size", "mtime_ns"})
+"""Parameters the planner adds for itself: not worth a line in the summary."""
+
+
+def local_time(value: datetime | None, tz: ZoneInfo) -> str:
+    """A stored (naive UTC) time in ``tz``, to the second."""
+    if value is None:
+        return "-"
+    return value.replace(tzinfo=UTC).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _iso(value: datetime | None, tz: ZoneInfo) -> str | None:
+    return None if value is None else value.replace(tzinfo=UTC).astimezone(tz).isoformat()
+
+
+def job_json(view: JobView, tz: ZoneInfo) -> dict[str, Any]:
+    elapsed = (view.finished_at - view.created_at).total_seconds() if view.finished_at else None
+    return {
+        "id": view.id,
+        "job": view.name,
+        "params": view.params,
+        "status": view.status,
+        "result": view.result,
+        "error": view.error,
+        "chunks": {
+            "total": view.chunks_total,
+            "done": view.chunks_done,
+            "failed": view.chunks_failed,
+        },
+        "items": {"done": view.items_done, "failed": view.items_failed},
+        "created_at": _iso(view.created_at, tz),
+        "finished_at": _iso(view.finished_at, tz),
+        "elapsed_s": elapsed,
+    }
+
+
+def print_job(view: JobView, tz: ZoneInfo, *, as_json: bool = False) -> None:
+    data = job_json(view, tz)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    params = " ".join(f"{k}={v}" for k, v in view.params.items() if k not in HIDDEN_PARAMS)
+    click.echo(f"job {view.id}  {view.name}  {view.status}")
+    click.echo(f"  params   {params or '-'}")
+    click.echo(
+        f"  chunks   {view.chunks_done}/{view.chunks_total} done, {view.chunks_failed} failed"
+    )
+    click.echo(f"  items    {view.items_done:,} done, {view.items_failed:,} failed")
+    if view.result is not None:
+        click.echo(f"  result   {json.dumps(view.result)}")
+    if view.error:
+        click.echo(f"  error    {view.error}")
+    click.echo(f"  created  {local_time(view.created_at, tz)} {tz.key}")
+    if data["elapsed_s"] is not None:
+        click.echo(
+            f"  finished {local_time(view.finished_at, tz)} {tz.key} ({data['elapsed_s']:.2f} s)"
+        )
+
+
+def print_jobs(views: Sequence[JobView], tz: ZoneInfo) -> None:
+    rows = []
+    for v in views:
+        chunks = f"{v.chunks_done}/{v.chunks_total}"
+        items = f"{v.items_done:,}"
+        rows.append(
+            (
+                v.id,
+                v.name,
+                v.status,
+                chunks + (f" ({v.chunks_failed} failed)" if v.chunks_failed else ""),
+                items + (f" (+{v.items_failed:,} bad)" if v.items_failed else ""),
+                local_time(v.created_at, tz),
+            )
+        )
+    table(("ID", "JOB", "STATUS", "CHUNKS", "ITEMS", f"CREATED ({tz.key})"), rows)
+
+
+def schedule_entries(app: Any, tz: ZoneInfo) -> list[dict[str, Any]]:
+    """Each of the app's beat entries with its next run time (as if beat started now)."""
+    now = datetime.now(UTC)
+    entries = []
+    for name, entry in app.conf.beat_schedule.items():
+        sched = maybe_schedule(entry["schedule"], app=app)
+        # Rounded to the second: the estimate lands a few microseconds early.
+        next_run = (now + sched.remaining_estimate(now) + timedelta(seconds=0.5)).replace(
+            microsecond=0
+        )
+        entries.append(
+            {
+                "name": name,
+                "task": entry["task"],
+                "args": list(entry.get("args", ())),
+                "schedule": _describe_schedule(sched),
+                "next_run": next_run.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S"),
+                "timezone": tz.key,
+            }
+        )
+    return entries
+
+
+def print_schedule(entries: Sequence[Mapping[str, Any]], tz: ZoneInfo) -> None:
+    table(
+        ("ENTRY", "TASK", "ARGS", "SCHEDULE", f"NEXT RUN ({tz.key})"),
+        [
+            (e["name"], e["task"], json.dumps(e["args"]), e["schedule"], e["next_run"])
+            for e in entries
+        ],
+    )
+
+
+def _describe_schedule(sched: Any) -> str:
+    if hasattr(sched, "_orig_minute"):
+        fields = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+        return "cron " + " ".join(str(getattr(sched, f"_orig_{name}")) for name in fields)
+    return f"every {sched.run_every.total_seconds():g} s"
+
+
+def wait_with_progress(
+    ctx: JobContext, view: JobView, timeout: float | None, *, show: bool, lines: bool = False
+) -> JobView:
+    """Wait for the job: a progress bar on a terminal, else (``lines``) a line per 10%."""
+    if lines and not sys.stderr.isatty():
+        reported = -1
+
+        def report(current: JobView) -> None:
+            nonlocal reported
+            finished = current.chunks_done + current.chunks_failed
+            tenth = finished * 10 // max(current.chunks_total, 1)
+            if tenth > reported:
+                reported = tenth
+                click.echo(
+                    f"  {current.name}: {finished}/{current.chunks_total} chunks, "
+                    f"{current.items_done:,} items"
+                )
+
+        return ledger.wait(ctx, view.id, timeout=timeout, on_progress=report)
+    if not (show and sys.stderr.isatty()):
+        return ledger.wait(ctx, view.id, timeout=timeout)
+    with click.progressbar(
+        length=view.chunks_total, label=view.name, file=sys.stderr, show_pos=True
+    ) as bar:
+        seen = 0
+
+        def progress(current: JobView) -> None:
+            nonlocal seen
+            finished = current.chunks_done + current.chunks_failed
+            bar.update(finished - seen)
+            seen = finished
+
+        return ledger.wait(ctx, view.id, timeout=timeout, on_progress=progress)
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
