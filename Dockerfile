@@ -11,7 +11,8 @@ COPY pyproject.toml README.md ./
 COPY batchapp ./batchapp
 COPY docker ./docker
 RUN pip install ".[postgres]" \
-    && useradd --uid 10001 --create-home --shell /usr/sbin/nologin batchapp \
+    && groupadd --gid 10001 batchapp \
+    && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin batchapp \
     && mkdir -p /data && chown batchapp:batchapp /data \
     && chmod 0755 docker/beat-start.sh
 

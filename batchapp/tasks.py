@@ -6,18 +6,23 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import Any
 
+from amqp.exceptions import AMQPError
 from celery import Task
+from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from batchapp import ledger
 from batchapp.celery import app, settings
 from batchapp.db import engine_for
 from batchapp.jobs import JobContext, ParamError
+from batchapp.publishing import publish_batch
 from batchapp.sums import MAX_N, sum_to
 from batchapp.validate import require_int, require_str
 
 # A database that is briefly unreachable or busy is worth another try; anything else is not.
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+# What can go wrong with a batch publish that a one-by-one publish with retries may survive.
+BATCH_ERRORS = (KombuOperationalError, AMQPError, OSError, TimeoutError)
 
 
 @cache
@@ -79,10 +84,21 @@ def run_periodic(job_name: str, **params: Any) -> str:
 
 
 def publish_chunks(job_id: str, indexes: Sequence[int]) -> None:
-    """One message per chunk, all through one producer (and one confirm channel)."""
-    with app.producer_or_acquire() as producer:
+    """One message per chunk through one producer, confirmed by RabbitMQ as one batch."""
+
+    def publish(producer: Any) -> int:
         for index in indexes:
-            run_chunk.apply_async((job_id, index), producer=producer)
+            run_chunk.apply_async((job_id, index), producer=producer, retry=False)
+        return len(indexes)
+
+    try:
+        publish_batch(app, publish)
+    except BATCH_ERRORS:
+        # Some may be queued already; a chunk delivered twice is dropped by the ledger, so
+        # sending all of them again, each confirmed with retries, loses and duplicates nothing.
+        with app.producer_or_acquire() as producer:
+            for index in indexes:
+                run_chunk.apply_async((job_id, index), producer=producer)
 
 
 def submit_job(name: str, params: Mapping[str, Any], *, exclusive: bool = False) -> ledger.JobView:
