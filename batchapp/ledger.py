@@ -17,7 +17,18 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Row, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Connection,
+    DateTime,
+    Integer,
+    Row,
+    bindparam,
+    insert,
+    select,
+    update,
+)
 
 from batchapp.db import dialect_insert, read_transaction, write_transaction
 from batchapp.jobs import Job, JobContext, get_job
@@ -31,6 +42,46 @@ RUNNING, SUCCEEDED, FAILED, SKIPPED = "running", "succeeded", "failed", "skipped
 PENDING, DONE = "pending", "done"
 FINISHED = frozenset({SUCCEEDED, FAILED, SKIPPED})
 ERROR_KEEP = 2000
+
+
+# The statements every chunk runs, built once: building them per call cost more than SQLite.
+_FIND_CHUNK = (
+    select(jobs.c.name, jobs.c.params, chunks.c.spec, chunks.c.status)
+    .join(chunks, chunks.c.job_id == jobs.c.id)
+    .where(jobs.c.id == bindparam("b_job_id"), chunks.c.idx == bindparam("b_idx"))
+)
+# FOR UPDATE holds the row on PostgreSQL; on SQLite the write transaction already does.
+_CHUNK_STATUS = (
+    select(chunks.c.status)
+    .where(chunks.c.job_id == bindparam("b_job_id"), chunks.c.idx == bindparam("b_idx"))
+    .with_for_update()
+)
+_CHUNK_DONE = (
+    update(chunks)
+    .where(chunks.c.job_id == bindparam("b_job_id"), chunks.c.idx == bindparam("b_idx"))
+    .values(
+        status=DONE,
+        attempts=chunks.c.attempts + 1,
+        redelivered=chunks.c.redelivered | bindparam("b_redelivered_now", type_=Boolean),
+        items_done=bindparam("b_items_done"),
+        items_failed=bindparam("b_items_failed"),
+        output=bindparam("b_output", type_=chunks.c.output.type),
+        error=None,
+        finished_at=bindparam("b_finished_at", type_=DateTime),
+    )
+)
+_COUNT_ON_JOB = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_job_id"))
+    .values(
+        chunks_done=jobs.c.chunks_done + bindparam("b_done", type_=Integer),
+        chunks_failed=jobs.c.chunks_failed + bindparam("b_failed", type_=Integer),
+        items_done=jobs.c.items_done + bindparam("b_items_done", type_=BigInteger),
+        items_failed=jobs.c.items_failed + bindparam("b_items_failed", type_=BigInteger),
+        updated_at=bindparam("b_now", type_=DateTime),
+    )
+    .returning(jobs.c.chunks_done, jobs.c.chunks_failed, jobs.c.chunks_total)
+)
 
 
 class UnknownJobError(LookupError):
@@ -134,12 +185,9 @@ def run_chunk(ctx: JobContext, job_id: str, index: int, *, redelivered: bool = F
     not be retried.
     """
     ensure_schema(ctx.engine)
+    key = {"b_job_id": job_id, "b_idx": index}
     with read_transaction(ctx.engine) as connection:
-        found = connection.execute(
-            select(jobs.c.name, jobs.c.params, chunks.c.spec, chunks.c.status)
-            .join(chunks, chunks.c.job_id == jobs.c.id)
-            .where(jobs.c.id == job_id, chunks.c.idx == index)
-        ).first()
+        found = connection.execute(_FIND_CHUNK, key).first()
     if found is None:
         return f"job {job_id} chunk {index} is not in the ledger (removed by cleanup?); dropped"
     if found.status == DONE:
@@ -152,18 +200,15 @@ def run_chunk(ctx: JobContext, job_id: str, index: int, *, redelivered: bool = F
             return f"job {job_id} chunk {index} was done meanwhile; duplicate dropped"
         outcome = job.commit(connection, job_id, found.params, found.spec, prepared, ctx)
         connection.execute(
-            update(chunks)
-            .where(chunks.c.job_id == job_id, chunks.c.idx == index)
-            .values(
-                status=DONE,
-                attempts=chunks.c.attempts + 1,
-                redelivered=chunks.c.redelivered | redelivered,
-                items_done=outcome.items_done,
-                items_failed=outcome.items_failed,
-                output=outcome.output,
-                error=None,
-                finished_at=utcnow(),
-            )
+            _CHUNK_DONE,
+            key
+            | {
+                "b_redelivered_now": redelivered,
+                "b_items_done": outcome.items_done,
+                "b_items_failed": outcome.items_failed,
+                "b_output": outcome.output,
+                "b_finished_at": utcnow(),
+            },
         )
         _count(
             connection,
@@ -343,12 +388,7 @@ def _publish_or_fail(
 
 
 def _chunk_status(connection: Connection, job_id: str, index: int) -> str | None:
-    # FOR UPDATE holds the row on PostgreSQL; on SQLite the write transaction already does.
-    return connection.execute(
-        select(chunks.c.status)
-        .where(chunks.c.job_id == job_id, chunks.c.idx == index)
-        .with_for_update()
-    ).scalar_one_or_none()
+    return connection.execute(_CHUNK_STATUS, {"b_job_id": job_id, "b_idx": index}).scalar_one_or_none()
 
 
 def _count(
@@ -364,16 +404,15 @@ def _count(
 ) -> None:
     """Count finished chunks on the job; the call that counts the last one finishes it."""
     totals = connection.execute(
-        update(jobs)
-        .where(jobs.c.id == job_id)
-        .values(
-            chunks_done=jobs.c.chunks_done + done,
-            chunks_failed=jobs.c.chunks_failed + failed,
-            items_done=jobs.c.items_done + items_done,
-            items_failed=jobs.c.items_failed + items_failed,
-            updated_at=utcnow(),
-        )
-        .returning(jobs.c.chunks_done, jobs.c.chunks_failed, jobs.c.chunks_total)
+        _COUNT_ON_JOB,
+        {
+            "b_job_id": job_id,
+            "b_done": done,
+            "b_failed": failed,
+            "b_items_done": items_done,
+            "b_items_failed": items_failed,
+            "b_now": utcnow(),
+        },
     ).one()
     if totals.chunks_done + totals.chunks_failed == totals.chunks_total:
         _finish(connection, job, job_id, params, failed=totals.chunks_failed)
