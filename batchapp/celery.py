@@ -13,5 +13,5 @@ except config.SettingsError as exc:
     raise SystemExit(f"batchapp: {exc}") from None
 config.ensure_dirs(settings)
 
-app = Celery("batchapp", include=["batchapp.tasks"])
+app = Celery("batchapp", include=["batchapp.tasks"], task_cls="batchapp.publishing:BatchappTask")
 app.config_from_object(config.celery_config(settings))

@@ -388,7 +388,9 @@ def _publish_or_fail(
 
 
 def _chunk_status(connection: Connection, job_id: str, index: int) -> str | None:
-    return connection.execute(_CHUNK_STATUS, {"b_job_id": job_id, "b_idx": index}).scalar_one_or_none()
+    return connection.execute(
+        _CHUNK_STATUS, {"b_job_id": job_id, "b_idx": index}
+    ).scalar_one_or_none()
 
 
 def _count(

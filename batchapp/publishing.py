@@ -13,6 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from amqp.exceptions import MessageNacked
+from celery import Task
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 CONFIRM_TIMEOUT_S = 30.0
 
@@ -33,6 +35,8 @@ def publish_batch(app: Any, publish: Callable[[Any], int]) -> None:
             with app.producer_or_acquire() as producer:
                 publish(producer)
             return
+        # A pooled connection that a broker drop closed is reopened here, not used closed.
+        connection.ensure_connection(max_retries=3)
         channel = connection.channel()
         try:
             acked = _confirm_mode(channel)
@@ -66,3 +70,18 @@ def _confirm_mode(channel: Any) -> list[int]:
     channel.events["basic_ack"].add(on_ack)
     channel.events["basic_nack"].add(on_nack)
     return acked
+
+
+class BatchappTask(Task):  # type: ignore[misc]
+    """Every batchapp task: a publish on a connection the broker closed fails as a connection
+    error, not as kombu's ``AttributeError`` for a closed pooled connection (celery/kombu#690)."""
+
+    def apply_async(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().apply_async(*args, **kwargs)
+        except AttributeError as exc:
+            if "'NoneType' object has no attribute" not in str(exc):
+                raise
+            raise KombuOperationalError(
+                f"cannot publish {self.name}: the broker connection is closed ({exc})"
+            ) from exc

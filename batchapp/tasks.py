@@ -15,7 +15,7 @@ from batchapp import ledger
 from batchapp.celery import app, settings
 from batchapp.db import engine_for
 from batchapp.jobs import JobContext, ParamError
-from batchapp.publishing import publish_batch
+from batchapp.publishing import BatchappTask, publish_batch
 from batchapp.sums import MAX_N, sum_to
 from batchapp.validate import require_int, require_str
 
@@ -41,7 +41,7 @@ def calculate_sum(n: int) -> int:
     return sum_to(require_int("calculate_sum", "n", n, maximum=MAX_N))
 
 
-class ChunkTask(Task):  # type: ignore[misc]
+class ChunkTask(BatchappTask):
     """Records a chunk's final failure in the ledger, so its job can finish as failed."""
 
     def on_failure(
