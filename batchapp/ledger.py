@@ -32,7 +32,7 @@ from sqlalchemy import (
 
 from batchapp.db import dialect_insert, read_transaction, write_transaction
 from batchapp.jobs import Job, JobContext, get_job
-from batchapp.jobs.base import JSON, MAX_CHUNKS, ParamError, utcnow
+from batchapp.jobs.base import JSON, MAX_CHUNKS, Chunk, ParamError, utcnow
 from batchapp.tables import chunks, ensure_schema, jobs, locks
 
 Publish = Callable[[str, Sequence[int]], None]
@@ -198,7 +198,7 @@ def run_chunk(ctx: JobContext, job_id: str, index: int, *, redelivered: bool = F
         status = _chunk_status(connection, job_id, index)
         if status == DONE:
             return f"job {job_id} chunk {index} was done meanwhile; duplicate dropped"
-        outcome = job.commit(connection, job_id, found.params, found.spec, prepared, ctx)
+        outcome = job.commit(connection, Chunk(job_id, found.params, found.spec, prepared), ctx)
         connection.execute(
             _CHUNK_DONE,
             key

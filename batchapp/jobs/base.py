@@ -35,6 +35,16 @@ class JobContext:
 
 
 @dataclass(frozen=True)
+class Chunk:
+    """One chunk at commit time: its job, the job's parameters, its spec, what prepare made."""
+
+    job_id: str
+    params: dict[str, JSON]
+    spec: dict[str, JSON]
+    prepared: Any
+
+
+@dataclass(frozen=True)
 class ChunkOutcome:
     items_done: int
     items_failed: int = 0
@@ -65,15 +75,7 @@ class Job(ABC):
         return None
 
     @abstractmethod
-    def commit(
-        self,
-        connection: Connection,
-        job_id: str,
-        params: dict[str, JSON],
-        spec: dict[str, JSON],
-        prepared: Any,
-        ctx: JobContext,
-    ) -> ChunkOutcome:
+    def commit(self, connection: Connection, chunk: Chunk, ctx: JobContext) -> ChunkOutcome:
         """Write the chunk's output in the ledger's transaction."""
 
     def reduce(self, params: dict[str, JSON], outputs: list[JSON]) -> JSON:

@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 from batchapp.jobs.base import (
     JSON,
     MAX_CHUNKS,
+    Chunk,
     ChunkOutcome,
     Job,
     JobContext,
@@ -164,22 +165,15 @@ class ImportCsv(Job):
                     rows.append(parsed)
         return Prepared(rows=rows, rejects=rejects)
 
-    def commit(
-        self,
-        connection: Connection,
-        job_id: str,
-        params: dict[str, JSON],
-        spec: dict[str, JSON],
-        prepared: Prepared,
-        ctx: JobContext,
-    ) -> ChunkOutcome:
+    def commit(self, connection: Connection, chunk: Chunk, ctx: JobContext) -> ChunkOutcome:
+        prepared: Prepared = chunk.prepared
         new = 0
         if prepared.rows:
-            rows = [(*row, job_id) for row in prepared.rows]
+            rows = [(*row, chunk.job_id) for row in prepared.rows]
             result = connection.exec_driver_sql(_insert_sql(connection, sales, "order_id"), rows)
             new = max(result.rowcount, 0)
         if prepared.rejects:
-            rejects = [(job_id, *reject) for reject in prepared.rejects]
+            rejects = [(chunk.job_id, *reject) for reject in prepared.rejects]
             connection.exec_driver_sql(_insert_sql(connection, sales_rejects, None), rejects)
         valid = len(prepared.rows)
         return ChunkOutcome(

@@ -10,6 +10,7 @@ from sqlalchemy import Connection
 from batchapp.jobs.base import (
     JSON,
     MAX_CHUNKS,
+    Chunk,
     ChunkOutcome,
     Job,
     JobContext,
@@ -44,16 +45,8 @@ class ParallelSum(Job):
         for first in range(1, n + 1, size):
             yield {"first": first, "last": min(first + size - 1, n)}
 
-    def commit(
-        self,
-        connection: Connection,
-        job_id: str,
-        params: dict[str, JSON],
-        spec: dict[str, JSON],
-        prepared: Any,
-        ctx: JobContext,
-    ) -> ChunkOutcome:
-        first, last = spec["first"], spec["last"]
+    def commit(self, connection: Connection, chunk: Chunk, ctx: JobContext) -> ChunkOutcome:
+        first, last = chunk.spec["first"], chunk.spec["last"]
         return ChunkOutcome(items_done=last - first + 1, output=sum_range(first, last))
 
     def reduce(self, params: dict[str, JSON], outputs: list[JSON]) -> JSON:

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, DateTime, delete, func, insert, literal, select
 
-from batchapp.jobs.base import JSON, ChunkOutcome, Job, JobContext, check_keys, utcnow
+from batchapp.jobs.base import JSON, Chunk, ChunkOutcome, Job, JobContext, check_keys, utcnow
 from batchapp.tables import chunks, jobs, locks, sales, sales_daily, sales_rejects
 
 
@@ -30,15 +30,7 @@ class SalesReport(_SingleChunk):
     name = "report"
     summary = "totals per day (in the configured timezone) and store into sales_daily"
 
-    def commit(
-        self,
-        connection: Connection,
-        job_id: str,
-        params: dict[str, JSON],
-        spec: dict[str, JSON],
-        prepared: Any,
-        ctx: JobContext,
-    ) -> ChunkOutcome:
+    def commit(self, connection: Connection, chunk: Chunk, ctx: JobContext) -> ChunkOutcome:
         now = utcnow()
         totals = select(
             sales.c.sold_on,
@@ -66,15 +58,7 @@ class Cleanup(_SingleChunk):
         ctx.expire_results()
         return None
 
-    def commit(
-        self,
-        connection: Connection,
-        job_id: str,
-        params: dict[str, JSON],
-        spec: dict[str, JSON],
-        prepared: Any,
-        ctx: JobContext,
-    ) -> ChunkOutcome:
+    def commit(self, connection: Connection, chunk: Chunk, ctx: JobContext) -> ChunkOutcome:
         now = utcnow()
         cutoff = now - timedelta(days=ctx.settings.ledger_retention_days)
         old = select(jobs.c.id).where(jobs.c.finished_at < cutoff).scalar_subquery()
