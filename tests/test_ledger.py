@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,65 @@ def test_import_refuses_paths_outside_the_data_dir(ctx: JobContext, escape: str)
 
     with pytest.raises(ParamError, match="is outside BATCHAPP_DATA_DIR"):
         ledger.submit(ctx, "import_csv", {"path": path}, Published())
+
+
+def test_report_totals_sales_per_seoul_day_and_store(ctx: JobContext) -> None:
+    from batchapp.tables import sales_daily
+
+    (ctx.settings.data_dir / "r.csv").write_text(
+        "order_id,sold_at,store,sku,quantity,unit_price\n"
+        "A-1,2026-11-24T23:30:00+09:00,ST-1,SKU-1,2,1.50\n"
+        "A-2,2026-11-24T15:30:00Z,ST-1,SKU-1,1,10.00\n"  # 00:30 on the 25th in Seoul
+        "A-3,2026-11-25T09:00:00,ST-2,SKU-2,3,2.00\n"
+    )
+    load = ledger.submit(ctx, "import_csv", {"path": "r.csv"}, Published())
+    run_all(ctx, load.id, range(load.chunks_total))
+    report = ledger.submit(ctx, "report", {}, Published())
+    ledger.run_chunk(ctx, report.id, 0)
+
+    with ctx.engine.connect() as connection:
+        rows = connection.execute(
+            select(
+                sales_daily.c.day,
+                sales_daily.c.store,
+                sales_daily.c.orders,
+                sales_daily.c.units,
+                sales_daily.c.revenue_cents,
+            ).order_by(sales_daily.c.day, sales_daily.c.store)
+        ).all()
+    assert [(str(day), store, o, u, r) for day, store, o, u, r in rows] == [
+        ("2026-11-24", "ST-1", 1, 2, 300),
+        ("2026-11-25", "ST-1", 1, 1, 1000),
+        ("2026-11-25", "ST-2", 1, 3, 600),
+    ]
+    assert ledger.get(ctx, report.id).result == {"rows": 3, "days": 2}
+
+
+def test_cleanup_removes_jobs_past_retention_and_expires_results(ctx: JobContext) -> None:
+    from sqlalchemy import update
+
+    from batchapp.tables import chunks, jobs
+
+    expired: list[bool] = []
+    ctx = replace(ctx, expire_results=lambda: expired.append(True))
+    old = ledger.submit(ctx, "parallel_sum", {"n": 10, "chunk_size": 5}, Published())
+    run_all(ctx, old.id, [0, 1])
+    recent = ledger.submit(ctx, "parallel_sum", {"n": 0}, Published())
+    days = ctx.settings.ledger_retention_days + 1
+    with ctx.engine.begin() as connection:
+        connection.execute(
+            update(jobs)
+            .where(jobs.c.id == old.id)
+            .values(finished_at=jobs.c.finished_at - timedelta(days=days))
+        )
+    cleanup = ledger.submit(ctx, "cleanup", {}, Published())
+    ledger.run_chunk(ctx, cleanup.id, 0)
+
+    with pytest.raises(ledger.UnknownJobError):
+        ledger.get(ctx, old.id)
+    with ctx.engine.connect() as connection:
+        left = connection.execute(select(func.count()).where(chunks.c.job_id == old.id)).scalar()
+    assert left == 0
+    assert ledger.get(ctx, recent.id).status == "succeeded"
+    assert ledger.get(ctx, cleanup.id).result == {"jobs_removed": 1}
+    assert expired == [True]
