@@ -1,0 +1,47 @@
+"""The schema is created on first use and extended in place, keeping existing rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import create_engine, inspect, text
+
+from batchapp.db import configure_engine
+from batchapp.tables import ensure_schema, metadata
+
+
+def test_first_use_creates_every_table(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'new.sqlite'}")
+    configure_engine(engine)
+    ensure_schema(engine)
+
+    assert set(inspect(engine).get_table_names()) == set(metadata.tables)
+
+
+def test_an_older_table_gains_new_nullable_columns_and_keeps_its_rows(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.sqlite'}")
+    configure_engine(engine)
+    with engine.begin() as connection:
+        # batch_jobs as an older version might have had it: without `error` and `finished_at`.
+        connection.execute(
+            text(
+                "CREATE TABLE batch_jobs (id VARCHAR(32) PRIMARY KEY, name VARCHAR(64) NOT NULL,"
+                " params JSON NOT NULL, status VARCHAR(16) NOT NULL, chunks_total INTEGER NOT"
+                " NULL, chunks_done INTEGER NOT NULL, chunks_failed INTEGER NOT NULL,"
+                " items_done BIGINT NOT NULL, items_failed BIGINT NOT NULL, result JSON,"
+                " created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL)"
+            )
+        )
+        connection.execute(
+            text(
+                "INSERT INTO batch_jobs VALUES ('j1', 'parallel_sum', '{}', 'succeeded', 1, 1,"
+                " 0, 10, 0, '55', '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+            )
+        )
+    ensure_schema(engine)
+
+    columns = {c["name"] for c in inspect(engine).get_columns("batch_jobs")}
+    with engine.connect() as connection:
+        kept = connection.execute(text("SELECT id, result FROM batch_jobs")).all()
+    assert {"error", "finished_at"} <= columns
+    assert kept == [("j1", 55)]
