@@ -69,6 +69,11 @@ def _sqlite_on_begin(connection: Connection) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
+def placeholder(engine: Engine | Connection) -> str:
+    """The positional parameter marker for SQL given straight to the driver (exec_driver_sql)."""
+    return "?" if engine.dialect.paramstyle == "qmark" else "%s"
+
+
 def dialect_insert(dialect: str, table: Table) -> sqlite.Insert | postgresql.Insert:
     """An INSERT that takes ON CONFLICT clauses, on the dialects that have them."""
     if dialect == "sqlite":

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from celery import states
@@ -25,7 +26,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.utils.encoding import ensure_bytes
 from sqlalchemy import Engine
 
-from batchapp.db import engine_for
+from batchapp.db import engine_for, placeholder
 
 FIRST_POLL_S = 0.0005
 POLL_BACKOFF = 1.15
@@ -85,26 +86,21 @@ class DatabaseBackend(CeleryDatabaseBackend):  # type: ignore[misc]
             connection.commit()
 
     def _upsert_sql(self, engine: Engine) -> str:
-        table = self.task_cls.__table__.name
-        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-        updates = ", ".join(f"{name} = excluded.{name}" for name in _COLUMNS)
-        # Like Celery's backend: once SUCCESS is stored, a repeated run cannot replace it.
-        return (
-            f"INSERT INTO {table} (task_id, {', '.join(_COLUMNS)}) "
-            f"VALUES ({', '.join([mark] * (len(_COLUMNS) + 1))}) "
-            f"ON CONFLICT (task_id) DO UPDATE SET {updates} "
-            f"WHERE {table}.status != '{states.SUCCESS}'"
-        )
+        return self._statements(engine)[0]
+
+    def _statements(self, engine: Engine) -> tuple[str, str]:
+        table = self.task_cls.__table__
+        # Celery's id comes from a sequence on PostgreSQL (the ORM fills it in); on SQLite it
+        # is the rowid.
+        sequence = table.c.id.default
+        new_id = f"nextval('{sequence.name}')" if engine.dialect.name == "postgresql" else None
+        return _statements(table.name, placeholder(engine), new_id)
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
         engine = self._fast_engine()
         if engine is None:
             return super()._get_task_meta_for(task_id)  # type: ignore[no-any-return]
-        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
-        sql = (
-            f"SELECT {', '.join(_COLUMNS)} FROM {self.task_cls.__table__.name} "
-            f"WHERE task_id = {mark}"
-        )
+        sql = self._statements(engine)[1]
         with engine.connect() as connection:
             row = connection.exec_driver_sql(sql, (task_id,)).first()
         if row is None:
@@ -150,3 +146,19 @@ class DatabaseBackend(CeleryDatabaseBackend):  # type: ignore[misc]
                 nap = min(nap, remaining)
             time.sleep(nap)
             nap = min(nap * POLL_BACKOFF, interval)
+
+
+@cache
+def _statements(table: str, mark: str, new_id: str | None) -> tuple[str, str]:
+    """(upsert, select) for Celery's result table, built once per table and driver."""
+    updates = ", ".join(f"{name} = excluded.{name}" for name in _COLUMNS)
+    columns = ", ".join(("id", "task_id", *_COLUMNS) if new_id else ("task_id", *_COLUMNS))
+    values = ", ".join(([new_id] if new_id else []) + [mark] * (len(_COLUMNS) + 1))
+    upsert = (
+        f"INSERT INTO {table} ({columns}) VALUES ({values}) "
+        f"ON CONFLICT (task_id) DO UPDATE SET {updates} "
+        # Like Celery's backend: once SUCCESS is stored, a repeated run cannot replace it.
+        f"WHERE {table}.status != '{states.SUCCESS}'"
+    )
+    select = f"SELECT {', '.join(_COLUMNS)} FROM {table} WHERE task_id = {mark}"
+    return upsert, select

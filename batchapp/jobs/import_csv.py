@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 
 from sqlalchemy import Connection
 
+from batchapp.db import placeholder
 from batchapp.jobs.base import (
     JSON,
     MAX_CHUNKS,
@@ -236,7 +237,7 @@ def _same(value: Any) -> Any:
 
 def _insert_sql(connection: Connection, table: Any, key: str | None) -> str:
     """A plain positional INSERT for DB-API executemany: no per-row SQLAlchemy work."""
-    marker = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    marker = placeholder(connection)
     columns = ", ".join(column.name for column in table.columns)
     values = ", ".join(marker for _ in table.columns)
     target = f"({key})" if key else ""
