@@ -47,6 +47,8 @@ class Settings:
     ledger_retention_days: int
     beat_interval: float
     prefetch_multiplier: int
+    # A chunk delivered this many times without finishing (its process died each time) fails.
+    max_deliveries: int
 
     @property
     def broker_is_filesystem(self) -> bool:
@@ -90,6 +92,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         ledger_retention_days=env.get("LEDGER_RETENTION_DAYS", _positive(int), 30),
         beat_interval=env.get("BEAT_INTERVAL", _positive(float), 60.0),
         prefetch_multiplier=env.get("PREFETCH_MULTIPLIER", _positive(int), 1),
+        max_deliveries=env.get("MAX_DELIVERIES", _positive(int), 3),
     )
 
 
