@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from functools import cache
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from amqp.exceptions import AMQPError
 from celery import Task
+from celery.signals import worker_init, worker_process_init
 from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy import create_engine
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.pool import NullPool
 
 from batchapp import ledger
 from batchapp.celery import app, settings
-from batchapp.db import engine_for
+from batchapp.db import configure_engine, engine_for
 from batchapp.jobs import JobContext, ParamError
 from batchapp.publishing import BatchappTask, publish_batch
 from batchapp.sums import MAX_N, sum_to
@@ -23,16 +29,56 @@ from batchapp.validate import require_int, require_str
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 # What can go wrong with a batch publish that a one-by-one publish with retries may survive.
 BATCH_ERRORS = (KombuOperationalError, AMQPError, OSError, TimeoutError)
+# Recording a chunk's failure is tried this often (backing off from 0.2 s) before it is left
+# to the reconciler.
+RECORD_ATTEMPTS = 5
+
+logger = logging.getLogger(__name__)
+
+_context: JobContext | None = None
+_context_pid = 0
+_worker_main_pid = 0
 
 
-@cache
 def job_context() -> JobContext:
-    """This process's view of the batchapp database (engines are per process; see db.py)."""
+    """This process's view of the batchapp database, made in this process, never inherited."""
+    global _context, _context_pid
+    if _context is None or _context_pid != os.getpid():
+        _context = _new_context(engine_for(settings.database_url))
+        _context_pid = os.getpid()
+    return _context
+
+
+def _new_context(engine: Any) -> JobContext:
     return JobContext(
-        settings=settings,
-        engine=engine_for(settings.database_url),
-        expire_results=lambda: app.backend.cleanup(),
+        settings=settings, engine=engine, expire_results=lambda: app.backend.cleanup()
     )
+
+
+@worker_init.connect
+def _note_worker_main_process(**_: Any) -> None:
+    global _worker_main_pid
+    _worker_main_pid = os.getpid()
+
+
+@worker_process_init.connect
+def _open_ledger_in_pool_process(**_: Any) -> None:
+    job_context()
+
+
+@contextmanager
+def _ledger_here() -> Iterator[JobContext]:
+    """The ledger for this process. The worker's main process forks pool processes, so it
+    keeps no pooled connection: it gets an engine without a pool, disposed after use."""
+    if os.getpid() != _worker_main_pid:
+        yield job_context()
+        return
+    engine = create_engine(settings.database_url, poolclass=NullPool)
+    configure_engine(engine)
+    try:
+        yield _new_context(engine)
+    finally:
+        engine.dispose()
 
 
 @app.task(name="batchapp.tasks.calculate_sum", ignore_result=False, throws=(TypeError, ValueError))
@@ -54,9 +100,29 @@ class ChunkTask(BatchappTask):
     ) -> None:
         job_id, index = [*args, kwargs.get("job_id"), kwargs.get("index")][:2]
         if isinstance(job_id, str) and isinstance(index, int):
-            ledger.record_chunk_failure(
-                job_context(), job_id, index, exc, redelivered=_redelivered(self.request)
-            )
+            record_failure(job_id, index, exc, redelivered=_redelivered(self.request))
+
+
+def record_failure(job_id: str, index: int, exc: BaseException, *, redelivered: bool) -> None:
+    """Record a chunk's failure, retrying a busy or unreachable database; if it stays so, the
+    reconciler finishes the job later. Runs in the worker's main process for a hard time limit."""
+    for attempt in range(RECORD_ATTEMPTS):
+        try:
+            with _ledger_here() as ctx:
+                ledger.record_chunk_failure(ctx, job_id, index, exc, redelivered=redelivered)
+            return
+        except TRANSIENT_ERRORS as error:
+            if attempt == RECORD_ATTEMPTS - 1:
+                logger.error(
+                    "job %s chunk %s: could not record its failure (%r): %s; "
+                    "the reconciler will finish the job",
+                    job_id,
+                    index,
+                    exc,
+                    error,
+                )
+                return
+            time.sleep(0.2 * 2**attempt)
 
 
 @app.task(
@@ -72,7 +138,13 @@ def run_chunk(self: Task, job_id: str, index: int) -> str:
     """Run one chunk of a batch job and record it in the ledger."""
     require_str("run_chunk", "job_id", job_id)
     require_int("run_chunk", "index", index, minimum=0)
-    return ledger.run_chunk(job_context(), job_id, index, redelivered=_redelivered(self.request))
+    return ledger.run_chunk(
+        job_context(),
+        job_id,
+        index,
+        redelivered=_redelivered(self.request),
+        delivery=_delivery(self.request),
+    )
 
 
 @app.task(name="batchapp.tasks.run_periodic", throws=(ParamError,))
@@ -81,6 +153,15 @@ def run_periodic(job_name: str, **params: Any) -> str:
     require_str("run_periodic", "job_name", job_name)
     view = submit_job(job_name, params, exclusive=True)
     return f"{view.name} {view.id}: {view.status}"
+
+
+@app.task(name="batchapp.tasks.reconcile")
+def reconcile() -> str:
+    """Finish or restart running jobs that nothing has moved for a task time limit."""
+    done = ledger.reconcile(job_context(), publish_chunks)
+    for job_id, what in done.items():
+        logger.warning("reconciler: job %s %s", job_id, what)
+    return f"reconciled {len(done)} job(s)"
 
 
 def publish_chunks(job_id: str, indexes: Sequence[int]) -> None:
@@ -111,5 +192,18 @@ def retry_job(job_id: str) -> list[int]:
     return ledger.retry(job_context(), job_id, publish_chunks)
 
 
+def cancel_job(job_id: str) -> ledger.JobView:
+    """Stop a running job; see :func:`ledger.cancel`."""
+    return ledger.cancel(job_context(), job_id)
+
+
 def _redelivered(request: Any) -> bool:
     return bool((request.delivery_info or {}).get("redelivered"))
+
+
+def _delivery(request: Any) -> int | None:
+    """Which delivery of the message this is, when the broker counts (quorum queues)."""
+    returned = getattr(request, "x-delivery-count", None)
+    if isinstance(returned, int) and not isinstance(returned, bool) and returned >= 0:
+        return returned + 1
+    return None

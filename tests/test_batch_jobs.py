@@ -52,7 +52,7 @@ def test_parallel_sum_of_a_million_from_the_cli(jobs_stack: Stack) -> None:
 
     assert job["status"] == "succeeded"
     assert job["result"] == 500000500000
-    assert job["chunks"] == {"total": 100, "done": 100, "failed": 0}
+    assert job["chunks"] == {"total": 100, "done": 100, "failed": 0, "cancelled": 0}
 
 
 def test_chunks_are_spread_over_both_worker_processes(jobs_stack: Stack) -> None:

@@ -41,13 +41,16 @@ class SalesReport(_SingleChunk):
             literal(now, DateTime()),
         ).group_by(sales.c.sold_on, sales.c.store)
         connection.execute(delete(sales_daily))
-        written = connection.execute(
+        connection.execute(
             insert(sales_daily).from_select(
                 ["day", "store", "orders", "units", "revenue_cents", "updated_at"], totals
             )
-        ).rowcount
-        days = connection.execute(select(func.count(func.distinct(sales_daily.c.day)))).scalar()
-        return ChunkOutcome(items_done=written, output={"rows": written, "days": days or 0})
+        )
+        # Counted, not taken from rowcount: psycopg reports -1 for INSERT ... SELECT.
+        written, days = connection.execute(
+            select(func.count(), func.count(func.distinct(sales_daily.c.day)))
+        ).one()
+        return ChunkOutcome(items_done=written, output={"rows": written, "days": days})
 
 
 class Cleanup(_SingleChunk):
