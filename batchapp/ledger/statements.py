@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, DateTime, Integer, bindparam, func, select, update
 
-from batchapp.ledger.states import DONE
+from batchapp.ledger.states import CANCELLED, DONE, FAILED, PENDING
 from batchapp.tables import chunks, jobs
 
 FIND_CHUNK = (
@@ -53,17 +53,21 @@ CHUNK_DONE = (
     )
 )
 
-# A job's totals, derived from its chunk rows (an index-only scan of ix_batch_chunks_job_status).
-CHUNK_COUNTS = (
-    select(
-        chunks.c.status,
-        func.count(),
-        func.coalesce(func.sum(chunks.c.items_done), 0),
-        func.coalesce(func.sum(chunks.c.items_failed), 0),
+# A job's totals, derived from its chunk rows by two range scans of ix_batch_chunks_job_status
+# that never read the rows themselves: one over the chunks not done, one over those done.
+COUNT_NOT_DONE = (
+    select(chunks.c.status, func.count())
+    .where(
+        chunks.c.job_id == bindparam("b_job_id"),
+        chunks.c.status.in_([PENDING, FAILED, CANCELLED]),
     )
-    .where(chunks.c.job_id == bindparam("b_job_id"))
     .group_by(chunks.c.status)
 )
+SUM_DONE = select(
+    func.count(),
+    func.coalesce(func.sum(chunks.c.items_done), 0),
+    func.coalesce(func.sum(chunks.c.items_failed), 0),
+).where(chunks.c.job_id == bindparam("b_job_id"), chunks.c.status == DONE)
 
 SET_COUNTS = (
     update(jobs)

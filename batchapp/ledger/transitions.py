@@ -19,7 +19,6 @@ from batchapp.ledger import locks, statements
 from batchapp.ledger.states import (
     CANCELLED,
     CHUNK_MOVES,
-    DONE,
     FAILED,
     FINISHED,
     PENDING,
@@ -114,14 +113,12 @@ def move_job(
 
 def settle(connection: Connection, job: LockedJob) -> LockedJob:
     """Derive the job's counts from its chunks; a running job with none left to run finishes."""
-    by_status = {
-        status: (count, items_done, items_failed)
-        for status, count, items_done, items_failed in connection.execute(
-            statements.CHUNK_COUNTS, {"b_job_id": job.id}
-        )
-    }
-    done, items_done, items_failed = by_status.get(DONE, (0, 0, 0))
-    failed = by_status.get(FAILED, (0, 0, 0))[0]
+    key = {"b_job_id": job.id}
+    not_done: dict[str, int] = dict(
+        connection.execute(statements.COUNT_NOT_DONE, key).tuples().all()
+    )
+    done, items_done, items_failed = connection.execute(statements.SUM_DONE, key).one()
+    failed = not_done.get(FAILED, 0)
     connection.execute(
         statements.SET_COUNTS,
         {
@@ -133,7 +130,7 @@ def settle(connection: Connection, job: LockedJob) -> LockedJob:
             "b_now": utcnow(),
         },
     )
-    if job.status != RUNNING or PENDING in by_status or CANCELLED in by_status:
+    if job.status != RUNNING or not_done.get(PENDING) or not_done.get(CANCELLED):
         return job
     if failed:
         first = connection.execute(
