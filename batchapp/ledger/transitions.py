@@ -114,7 +114,9 @@ def move_job(
 def settle(connection: Connection, job: LockedJob) -> LockedJob:
     """Derive the job's counts from its chunks; a running job with none left to run finishes."""
     key = {"b_job_id": job.id}
-    not_done: dict[str, int] = dict(
+    not_done: dict[str, int] = {
+        status: count for status, count in connection.execute(statements.COUNT_NOT_DONE, key)
+    }
         connection.execute(statements.COUNT_NOT_DONE, key).tuples().all()
     )
     done, items_done, items_failed = connection.execute(statements.SUM_DONE, key).one()
