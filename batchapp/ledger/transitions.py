@@ -117,8 +117,6 @@ def settle(connection: Connection, job: LockedJob) -> LockedJob:
     not_done: dict[str, int] = {
         status: count for status, count in connection.execute(statements.COUNT_NOT_DONE, key)
     }
-        connection.execute(statements.COUNT_NOT_DONE, key).tuples().all()
-    )
     done, items_done, items_failed = connection.execute(statements.SUM_DONE, key).one()
     failed = not_done.get(FAILED, 0)
     connection.execute(
