@@ -7,6 +7,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from amqp.exceptions import AMQPError
@@ -17,10 +18,10 @@ from sqlalchemy import create_engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
 
-from batchapp import ledger
+from batchapp import ledger, queues
 from batchapp.celery import app, settings
 from batchapp.db import configure_engine, engine_for
-from batchapp.jobs import JobContext, ParamError
+from batchapp.jobs import JOBS, JobContext, ParamError, get_job
 from batchapp.publishing import BatchappTask, publish_batch
 from batchapp.sums import MAX_N, sum_to
 from batchapp.validate import require_int, require_str
@@ -158,18 +159,21 @@ def run_periodic(job_name: str, **params: Any) -> str:
 @app.task(name="batchapp.tasks.reconcile")
 def reconcile() -> str:
     """Finish or restart running jobs that nothing has moved for a task time limit."""
-    done = ledger.reconcile(job_context(), publish_chunks)
+    done = ledger.reconcile(
+        job_context(), lambda job_id, indexes: publish_chunks(job_id, indexes, _queue_of(job_id))
+    )
     for job_id, what in done.items():
         logger.warning("reconciler: job %s %s", job_id, what)
     return f"reconciled {len(done)} job(s)"
 
 
-def publish_chunks(job_id: str, indexes: Sequence[int]) -> None:
+def publish_chunks(job_id: str, indexes: Sequence[int], queue: str = queues.CHUNKS) -> None:
     """One message per chunk through one producer, confirmed by RabbitMQ as one batch."""
+    route = _route(queue)
 
     def publish(producer: Any) -> int:
         for index in indexes:
-            run_chunk.apply_async((job_id, index), producer=producer, retry=False)
+            run_chunk.apply_async((job_id, index), producer=producer, retry=False, **route)
         return len(indexes)
 
     try:
@@ -179,17 +183,31 @@ def publish_chunks(job_id: str, indexes: Sequence[int]) -> None:
         # sending all of them again, each confirmed with retries, loses and duplicates nothing.
         with app.producer_or_acquire() as producer:
             for index in indexes:
-                run_chunk.apply_async((job_id, index), producer=producer)
+                run_chunk.apply_async((job_id, index), producer=producer, **route)
 
 
 def submit_job(name: str, params: Mapping[str, Any], *, exclusive: bool = False) -> ledger.JobView:
     """Plan, record and publish a job; see :func:`batchapp.ledger.submit`."""
-    return ledger.submit(job_context(), name, params, publish_chunks, exclusive=exclusive)
+    publish = partial(publish_chunks, queue=get_job(name).queue)
+    return ledger.submit(job_context(), name, params, publish, exclusive=exclusive)
 
 
 def retry_job(job_id: str) -> list[int]:
     """Publish again the chunks of a job that did not finish; see :func:`ledger.retry`."""
-    return ledger.retry(job_context(), job_id, publish_chunks)
+    publish = partial(publish_chunks, queue=_queue_of(job_id))
+    return ledger.retry(job_context(), job_id, publish)
+
+
+def _queue_of(job_id: str) -> str:
+    """The queue of the job's chunks (a job this process does not know: the chunks queue)."""
+    job = JOBS.get(ledger.get(job_context(), job_id).name)
+    return queues.CHUNKS if job is None else job.queue
+
+
+def _route(queue: str) -> dict[str, str]:
+    """``queue=`` for a queue the app declares; without declared queues, the task's route."""
+    declared = {declared.name for declared in app.conf.task_queues or ()}
+    return {"queue": queue} if queue in declared else {}
 
 
 def cancel_job(job_id: str) -> ledger.JobView:

@@ -10,10 +10,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from kombu import Queue
 from sqlalchemy.exc import OperationalError
 
 import tests.ledger_jobs  # noqa: F401 - registers the test jobs in this process too
-from batchapp import ledger, tasks
+from batchapp import ledger, queues, tasks
 from batchapp.processes import CeleryProcess
 from batchapp.tasks import publish_chunks, run_chunk
 from tests.conftest import RUN_DATA_DIR, Stack, run_cli
@@ -71,6 +72,7 @@ def test_cancel_stops_a_running_job_and_retry_runs_the_rest(
     )
 
     retried = run_cli("retry", view.id, env=stack.env)
+    assert retried.returncode == 0, retried.stderr
     assert retried.stdout.strip() == f"job {view.id}: republished {dropped} chunk(s)"
     done = ledger.wait(ctx, view.id, timeout=WAIT)
     assert (done.status, done.result, done.chunks_done) == ("succeeded", 200 * 201 // 2, 200)
@@ -185,3 +187,27 @@ def test_beat_runs_the_reconciler_that_finishes_a_job_whose_messages_were_lost(
 
     assert (done.status, done.result) == ("succeeded", 465)
     assert f"reconciler: job {view.id} republished 3 chunk(s)" in worker.log()
+
+
+def test_periodic_jobs_publish_their_chunks_on_the_periodic_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sent: list[tuple[str, str]] = []
+
+    def publish(job_id: str, indexes: Sequence[int], queue: str = "") -> None:
+        sent.append((ledger.get(tasks.job_context(), job_id).name, queue))
+
+    monkeypatch.setattr(tasks, "publish_chunks", publish)
+    tasks.submit_job("report", {})
+    failed = tasks.submit_job("parallel_sum", {"n": 10})
+    ledger.record_chunk_failure(tasks.job_context(), failed.id, 0, RuntimeError("x"))
+    tasks.retry_job(failed.id)
+    monkeypatch.setitem(tasks.app.conf, "task_queues", (Queue(queues.PERIODIC),))
+
+    assert sent == [
+        ("report", queues.PERIODIC),
+        ("parallel_sum", queues.CHUNKS),
+        ("parallel_sum", queues.CHUNKS),
+    ]
+    assert tasks._route(queues.PERIODIC) == {"queue": queues.PERIODIC}
+    assert tasks._route(queues.CHUNKS) == {}, "a queue no worker consumes"

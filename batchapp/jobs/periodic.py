@@ -8,12 +8,14 @@ from typing import Any
 
 from sqlalchemy import Connection, DateTime, delete, func, insert, literal, select
 
+from batchapp import queues
 from batchapp.jobs.base import JSON, Chunk, ChunkOutcome, Job, JobContext, check_keys, utcnow
 from batchapp.tables import chunks, jobs, locks, sales, sales_daily, sales_rejects
 
 
 class _SingleChunk(Job):
     params_help = "(none)"
+    queue = queues.PERIODIC
 
     def parse_params(self, raw: Mapping[str, Any], ctx: JobContext) -> dict[str, JSON]:
         check_keys(self.name, raw, set())
