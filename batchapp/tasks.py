@@ -15,6 +15,7 @@ from celery import Task
 from celery.signals import worker_init, worker_process_init
 from kombu.exceptions import OperationalError as KombuOperationalError
 from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.pool import NullPool
 
@@ -139,13 +140,24 @@ def run_chunk(self: Task, job_id: str, index: int) -> str:
     """Run one chunk of a batch job and record it in the ledger."""
     require_str("run_chunk", "job_id", job_id)
     require_int("run_chunk", "index", index, minimum=0)
-    return ledger.run_chunk(
-        job_context(),
-        job_id,
-        index,
-        redelivered=_redelivered(self.request),
-        delivery=_delivery(self.request),
-    )
+    try:
+        return ledger.run_chunk(
+            job_context(),
+            job_id,
+            index,
+            redelivered=_redelivered(self.request),
+            delivery=_delivery(self.request),
+        )
+    except ledger.UnknownJobError as exc:
+        # Most likely the caller and this worker use different ledgers.
+        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        logger.error(
+            "%s at %s (do caller and worker share BATCHAPP_DATABASE_URL? was the job removed "
+            "by cleanup?); dropped",
+            exc,
+            where,
+        )
+        return f"{exc} at {where}; dropped"
 
 
 @app.task(name="batchapp.tasks.run_periodic", throws=(ParamError,))

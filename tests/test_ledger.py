@@ -633,3 +633,8 @@ def test_exact_integers_past_64_bits_survive_the_ledger(ctx: JobContext) -> None
             select(chunks.c.output).where(chunks.c.job_id == view.id).order_by(chunks.c.idx)
         ).scalars()
         assert sum(outputs) == n * (n + 1) // 2
+
+
+def test_a_chunk_of_a_job_the_ledger_does_not_have_is_named(ctx: JobContext) -> None:
+    with pytest.raises(ledger.UnknownJobError, match=f"job {'0' * 32} chunk 0 is not in the"):
+        ledger.run_chunk(ctx, "0" * 32, 0)

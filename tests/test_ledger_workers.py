@@ -211,3 +211,14 @@ def test_periodic_jobs_publish_their_chunks_on_the_periodic_queue(
     ]
     assert tasks._route(queues.PERIODIC) == {"queue": queues.PERIODIC}
     assert tasks._route(queues.CHUNKS) == {}, "a queue no worker consumes"
+
+
+def test_a_chunk_of_a_job_another_ledger_has_is_an_error_naming_this_workers_ledger(
+    stack: Stack, worker: CeleryProcess
+) -> None:
+    run_chunk.delay("f" * 32, 0)
+
+    worker.wait_for_log(f"job {'f' * 32} chunk 0 is not in the ledger at sqlite:///")
+    line = next(line for line in worker.log().splitlines() if f"job {'f' * 32}" in line)
+    assert "ERROR/ForkPoolWorker" in line
+    assert f"{stack.name}.sqlite (do caller and worker share BATCHAPP_DATABASE_URL?" in line

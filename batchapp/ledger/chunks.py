@@ -55,18 +55,21 @@ def run_chunk(
 ) -> str:
     """Run chunk ``index`` of a job once in effect; returns what happened, for the log.
 
-    ``redelivered`` (the broker's flag) or ``delivery`` (the broker's count, from 1) says the
-    message came again; only then are deliveries counted, so a first delivery costs no extra
-    write. An error propagates; the task records it with :func:`record_chunk_failure` once it
-    will not be retried.
+    A chunk this ledger does not have is :class:`UnknownJobError`. ``redelivered`` (the
+    broker's flag) or ``delivery`` (the broker's count, from 1) says the message came again;
+    only then are deliveries counted, so a first delivery costs no extra write. An error
+    propagates; the task records it with :func:`record_chunk_failure` once it will not be
+    retried.
     """
     ensure_schema(ctx.engine)
     key = {"b_job_id": job_id, "b_idx": index}
     with read_transaction(ctx.engine) as connection:
         found = connection.execute(statements.FIND_CHUNK, key).first()
+    if found is None:
+        raise UnknownJobError(f"job {job_id} chunk {index} is not in the ledger")
     try:
-        if found is None or found.status != PENDING:
-            raise _Dropped(_WHY_DROPPED[None if found is None else found.status])
+        if found.status != PENDING:
+            raise _Dropped(_WHY_DROPPED[found.status])
         if redelivered or (delivery or 0) > 1:
             _count_delivery(ctx, job_id, index, delivery)
         if found.exclusive:
