@@ -9,6 +9,16 @@ from sqlalchemy import create_engine, inspect, select, text, update
 from batchapp.db import configure_engine
 from batchapp.tables import ensure_schema, jobs, metadata
 
+# batch_jobs as an older version had it: without `error`, `finished_at` and `exclusive`, and
+# JSON columns (numeric affinity on SQLite).
+OLDER_BATCH_JOBS = (
+    "CREATE TABLE batch_jobs (id VARCHAR(32) PRIMARY KEY, name VARCHAR(64) NOT NULL,"
+    " params JSON NOT NULL, status VARCHAR(16) NOT NULL, chunks_total INTEGER NOT"
+    " NULL, chunks_done INTEGER NOT NULL, chunks_failed INTEGER NOT NULL,"
+    " items_done BIGINT NOT NULL, items_failed BIGINT NOT NULL, result JSON,"
+    " created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL)"
+)
+
 
 def test_first_use_creates_every_table(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'new.sqlite'}")
@@ -22,16 +32,7 @@ def test_an_older_table_gains_new_nullable_columns_and_keeps_its_rows(tmp_path: 
     engine = create_engine(f"sqlite:///{tmp_path / 'old.sqlite'}")
     configure_engine(engine)
     with engine.begin() as connection:
-        # batch_jobs as an older version might have had it: without `error` and `finished_at`.
-        connection.execute(
-            text(
-                "CREATE TABLE batch_jobs (id VARCHAR(32) PRIMARY KEY, name VARCHAR(64) NOT NULL,"
-                " params JSON NOT NULL, status VARCHAR(16) NOT NULL, chunks_total INTEGER NOT"
-                " NULL, chunks_done INTEGER NOT NULL, chunks_failed INTEGER NOT NULL,"
-                " items_done BIGINT NOT NULL, items_failed BIGINT NOT NULL, result JSON,"
-                " created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL)"
-            )
-        )
+        connection.execute(text(OLDER_BATCH_JOBS))
         connection.execute(
             text(
                 "INSERT INTO batch_jobs VALUES ('j1', 'parallel_sum', '{}', 'succeeded', 1, 1,"
@@ -58,17 +59,8 @@ def test_integers_past_64_bits_come_back_exact_from_an_older_json_column(
     configure_engine(engine)
     ensure_schema(engine)
     with engine.begin() as connection:
-        # The column type an older version declared: numeric affinity on SQLite.
         connection.execute(text("DROP TABLE batch_jobs"))
-        connection.execute(
-            text(
-                "CREATE TABLE batch_jobs (id VARCHAR(32) PRIMARY KEY, name VARCHAR(64) NOT NULL,"
-                " params JSON NOT NULL, status VARCHAR(16) NOT NULL, chunks_total INTEGER NOT"
-                " NULL, chunks_done INTEGER NOT NULL, chunks_failed INTEGER NOT NULL,"
-                " items_done BIGINT NOT NULL, items_failed BIGINT NOT NULL, result JSON,"
-                " created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL)"
-            )
-        )
+        connection.execute(text(OLDER_BATCH_JOBS))
         connection.execute(
             text(
                 "INSERT INTO batch_jobs VALUES ('j1', 'parallel_sum', '{}', 'running', 1, 0,"
