@@ -638,3 +638,30 @@ def test_exact_integers_past_64_bits_survive_the_ledger(ctx: JobContext) -> None
 def test_a_chunk_of_a_job_the_ledger_does_not_have_is_named(ctx: JobContext) -> None:
     with pytest.raises(ledger.UnknownJobError, match=f"job {'0' * 32} chunk 0 is not in the"):
         ledger.run_chunk(ctx, "0" * 32, 0)
+
+
+def test_wait_names_a_job_that_nothing_works_on(ctx: JobContext) -> None:
+    view = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, Published())
+    asked: list[str] = []
+
+    def nothing_in_flight(current: ledger.JobView) -> bool:
+        asked.append(current.id)
+        return False
+
+    with pytest.raises(ledger.JobStalledError, match="none of its chunks is queued or running"):
+        ledger.wait(ctx, view.id, timeout=30, in_flight=nothing_in_flight, stall_after=0.05)
+    assert asked == [view.id, view.id]
+
+
+def test_wait_keeps_waiting_while_a_chunk_is_in_flight(ctx: JobContext) -> None:
+    view = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, Published())
+    asked: list[int] = []
+
+    def running_then_done(current: ledger.JobView) -> bool:
+        asked.append(1)
+        if len(asked) == 3:
+            run_all(ctx, view.id, [0, 1])
+        return True
+
+    done = ledger.wait(ctx, view.id, timeout=30, in_flight=running_then_done, stall_after=0.05)
+    assert (done.status, len(asked)) == ("succeeded", 3)

@@ -13,8 +13,11 @@ from sqlalchemy import Connection, Row, select
 from batchapp.db import read_transaction
 from batchapp.jobs import JobContext
 from batchapp.jobs.base import JSON
-from batchapp.ledger.states import CANCELLED, FINISHED, UnknownJobError
+from batchapp.ledger.states import CANCELLED, FINISHED, JobStalledError, UnknownJobError
 from batchapp.tables import chunks, ensure_schema, jobs
+
+STALL_AFTER_S = 10.0
+"""A job without progress this long is checked for chunks in flight (twice, to be sure)."""
 
 
 @dataclass(frozen=True)
@@ -105,17 +108,40 @@ def wait(
     *,
     timeout: float | None = None,
     on_progress: Callable[[JobView], None] | None = None,
+    in_flight: Callable[[JobView], bool] | None = None,
+    stall_after: float = STALL_AFTER_S,
 ) -> JobView:
-    """Poll until the job has finished (from 1 ms, backing off by 20% to 0.2 s)."""
+    """Poll until the job has finished (from 1 ms, backing off by 20% to 0.2 s).
+
+    ``in_flight`` (asked after ``stall_after`` seconds without progress) says whether any chunk
+    of the job may still be queued or running; twice no in a row is :class:`JobStalledError`.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     nap = 0.001
+    progress: tuple[int, int] | None = None
+    check_at = time.monotonic() + stall_after
+    idle_checks = 0
     while True:
         current = get(ctx, job_id)
         if on_progress is not None:
             on_progress(current)
         if current.finished:
             return current
-        if deadline is not None and time.monotonic() >= deadline:
+        now = time.monotonic()
+        if (current.chunks_done, current.chunks_failed) != progress:
+            progress = (current.chunks_done, current.chunks_failed)
+            check_at, idle_checks = now + stall_after, 0
+        elif in_flight is not None and now >= check_at:
+            idle_checks = 0 if in_flight(current) else idle_checks + 1
+            check_at = now + stall_after / 2
+            if idle_checks == 2:
+                raise JobStalledError(
+                    f"job {job_id} made no progress for {stall_after:g} s and none of its "
+                    "chunks is queued or running: are the workers using another ledger "
+                    "(BATCHAPP_DATABASE_URL) or another broker? `batchapp retry "
+                    f"{job_id}` publishes its chunks again"
+                )
+        if deadline is not None and now >= deadline:
             raise TimeoutError(f"job {job_id} still {current.status} after {timeout:g} s")
         time.sleep(nap)
         nap = min(nap * 1.2, 0.2)
