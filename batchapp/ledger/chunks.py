@@ -167,7 +167,7 @@ def _claim_periodic_lock(ctx: JobContext, job_id: str) -> None:
         move_chunks(connection, locked, PENDING, CANCELLED)
         move_job(
             connection,
-            settle(connection, locked),
+            locked,
             SKIPPED,
             "it cannot be skipped",
             error=f"skipped: the run {holder} took over while this one waited in the queue",

@@ -13,7 +13,14 @@ from sqlalchemy import Connection, Row, select
 from batchapp.db import read_transaction
 from batchapp.jobs import JobContext
 from batchapp.jobs.base import JSON
-from batchapp.ledger.states import CANCELLED, FINISHED, JobStalledError, UnknownJobError
+from batchapp.ledger import counts
+from batchapp.ledger.states import (
+    CANCELLED,
+    FINISHED,
+    RUNNING,
+    JobStalledError,
+    UnknownJobError,
+)
 from batchapp.tables import chunks, ensure_schema, jobs
 
 STALL_AFTER_S = 10.0
@@ -51,8 +58,12 @@ class JobView:
         return self.chunks_total - self.chunks_done - self.chunks_failed
 
     @classmethod
-    def from_row(cls, row: Row[Any]) -> JobView:
-        return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
+    def from_row(cls, connection: Connection, row: Row[Any]) -> JobView:
+        """The job's row; a running job's counts are derived from its chunks as they are now."""
+        fields = {name: getattr(row, name) for name in cls.__dataclass_fields__}
+        if row.status == RUNNING:
+            fields |= counts.derive(connection, row.id).job_values()
+        return cls(**fields)
 
 
 def view(connection: Connection, job_id: str) -> JobView:
@@ -60,7 +71,7 @@ def view(connection: Connection, job_id: str) -> JobView:
     row = connection.execute(select(jobs).where(jobs.c.id == job_id)).first()
     if row is None:
         raise UnknownJobError(f"no job with id {job_id!r}")
-    return JobView.from_row(row)
+    return JobView.from_row(connection, row)
 
 
 def get(ctx: JobContext, job_id: str) -> JobView:
@@ -77,7 +88,7 @@ def recent(ctx: JobContext, limit: int = 20) -> list[JobView]:
         rows = connection.execute(
             select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
         )
-        return [JobView.from_row(row) for row in rows]
+        return [JobView.from_row(connection, row) for row in rows]
 
 
 def chunk_rows(ctx: JobContext, job_id: str) -> list[Row[Any]]:
