@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from batchapp.jobs import get_job
-from batchapp.jobs.base import JSON, utcnow
+from batchapp.jobs.base import JSON, ChunkOutcome, utcnow
 from batchapp.ledger import locks, statements
 from batchapp.ledger.counts import derive
 from batchapp.ledger.states import (
@@ -65,11 +65,34 @@ def chunk_state(connection: Connection, job: LockedJob, index: int) -> Any:
     return connection.execute(statements.CHUNK_STATE, {"b_job_id": job.id, "b_idx": index}).first()
 
 
+def chunk_may_move(current: str | None, new: str) -> bool:
+    """Whether a chunk in ``current`` (None: no such chunk) may go to ``new``."""
+    return current is not None and new in CHUNK_MOVES[current]
+
+
+def finish_chunk(
+    connection: Connection, job: LockedJob, index: int, outcome: ChunkOutcome, *, redelivered: bool
+) -> None:
+    """Record a pending chunk done, with what its work produced."""
+    connection.execute(
+        statements.CHUNK_DONE,
+        {
+            "b_job_id": job.id,
+            "b_idx": index,
+            "b_redelivered_now": redelivered,
+            "b_items_done": outcome.items_done,
+            "b_items_failed": outcome.items_failed,
+            "b_output": outcome.output,
+            "b_finished_at": utcnow(),
+        },
+    )
+
+
 def move_chunks(
     connection: Connection, job: LockedJob, current: str, new: str, **values: Any
 ) -> list[int]:
     """Move the job's chunks in ``current`` to ``new``; returns their indexes."""
-    if new not in CHUNK_MOVES[current]:
+    if not chunk_may_move(current, new):
         raise ValueError(f"a chunk cannot go from {current} to {new}")
     return list(
         connection.execute(
