@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -724,3 +726,13 @@ def test_a_cancel_waits_for_a_chunk_committing_and_keeps_its_output(ctx: JobCont
     assert ledger.retry(ctx, view.id, Published()) == [1]
     ledger.run_chunk(ctx, view.id, 1)
     assert ledger.get(ctx, view.id).result == 210
+
+
+def test_the_ledger_does_not_import_celery() -> None:
+    code = (
+        "import sys, batchapp.ledger; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'celery', 'kombu', 'billiard'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert done.stdout.strip() == "[]"
