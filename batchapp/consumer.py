@@ -1,0 +1,110 @@
+"""The worker's consumer, with every task message checked by :mod:`batchapp.guard` before Celery
+sees it: a malformed one is logged in one line and moved to the dead-letter queue, and the
+worker serves on. Set as ``worker_consumer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery.utils.log import get_logger
+from celery.worker.consumer import Consumer
+from kombu.entity import Queue
+
+from batchapp import guard
+
+# Rejected messages wait here, as received plus the reason, for an operator to read or purge.
+DEAD_LETTER_QUEUE = "batchapp.dead"
+# A flood of bad messages must not fill the broker's disk: past this, the oldest go first.
+DEAD_LETTER_MAX_LENGTH = 100_000
+DEAD_LETTER_TIMEOUT_S = 10.0
+REASON_HEADER = "x-batchapp-rejected"
+QUEUE_HEADER = "x-batchapp-queue"
+
+dead_letter_queue = Queue(
+    DEAD_LETTER_QUEUE,
+    routing_key=DEAD_LETTER_QUEUE,
+    durable=True,
+    queue_arguments={"x-max-length": DEAD_LETTER_MAX_LENGTH},
+)
+logger = get_logger(__name__)
+
+
+class GuardedConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, whose task handler first checks each message (see batchapp.guard)."""
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], None]:
+        handle = super().create_task_handler(*args, **kwargs)
+        served = frozenset(name for name in self.app.tasks if name.startswith("batchapp."))
+        connection_errors = tuple(self.connection_errors)
+
+        def on_task_received(message: Any) -> None:
+            reason = guard.problem(
+                message.headers,
+                message.content_type,
+                message.content_encoding,
+                message.body,
+                served,
+            )
+            if reason is None:
+                try:
+                    handle(message)
+                    return
+                except connection_errors:
+                    raise
+                except Exception as exc:
+                    # What the guard let through must still never stop the worker.
+                    if message.acknowledged:
+                        logger.exception("Error handling task message after it was acknowledged")
+                        return
+                    reason = f"the worker could not accept it: {type(exc).__name__}: {exc}"
+            self.dead_letter(message, reason)
+
+        return on_task_received
+
+    def dead_letter(self, message: Any, reason: str) -> None:
+        """Log ``reason`` in one line, move ``message`` to the dead-letter queue, ack it."""
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        queue = (message.delivery_info or {}).get("routing_key")
+        logger.warning(
+            "Rejected message (task %.100r, id %.100r) from queue %r into %s: %s",
+            headers.get("task"),
+            headers.get("id"),
+            queue,
+            DEAD_LETTER_QUEUE,
+            reason[:300],
+        )
+        try:
+            _publish_dead(self.app, message, headers, {REASON_HEADER: reason, QUEUE_HEADER: queue})
+        except Exception as exc:
+            # Never requeue: the same message would come straight back. Dropped, and said so.
+            logger.error("Dropped the rejected message: cannot dead-letter it (%s)", exc)
+        message.ack_log_error(logger, self.connection_errors)
+
+
+def _publish_dead(app: Any, message: Any, headers: dict[str, Any], extra: dict[str, Any]) -> None:
+    body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
+    with app.producer_or_acquire() as producer:
+        try:
+            _publish(producer, message, body, {**headers, **extra})
+        except (TypeError, ValueError):
+            # Headers that do not encode again: keep the body and the reason.
+            _publish(producer, message, body, extra)
+
+
+def _publish(producer: Any, message: Any, body: bytes, headers: dict[str, Any]) -> None:
+    producer.publish(
+        body,
+        exchange="",
+        routing_key=DEAD_LETTER_QUEUE,
+        declare=[dead_letter_queue],
+        content_type=str(message.content_type or "application/octet-stream"),
+        content_encoding=str(message.content_encoding or "binary"),
+        headers=headers,
+        delivery_mode=2,
+        retry=True,
+        retry_policy={"max_retries": 2},
+        timeout=DEAD_LETTER_TIMEOUT_S,
+        confirm_timeout=DEAD_LETTER_TIMEOUT_S,
+    )
