@@ -228,9 +228,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Every task message is checked before Celery reads it; a bad one goes to batchapp.dead.
         "worker_consumer": "batchapp.consumer:GuardedConsumer",
         "beat_schedule": beat_schedule(settings.beat_interval),
-        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
-        # Save beat's state after every send: a beat killed and restarted won't resend a tick.
-        "beat_sync_every": 1,
+        # Any number of beats: one leads by a lease in the database, where the schedule's state
+        # lives too (a shared dbm file corrupts under two beats).
+        "beat_scheduler": "batchapp.beat:LeaderScheduler",
         "imports": [],
     }
     if settings.broker_is_filesystem:
