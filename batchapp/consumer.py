@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from celery.exceptions import NotRegistered
 from celery.utils.log import get_logger
 from celery.worker.consumer import Consumer
 from kombu.entity import Queue
@@ -60,6 +61,7 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
                         return
                     reason = f"the worker could not accept it: {type(exc).__name__}: {exc}"
             self.dead_letter(message, reason)
+            _fail_unknown_task(self.app, message.headers, served)
 
         return on_task_received
 
@@ -81,6 +83,21 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
             # Never requeue: the same message would come straight back. Dropped, and said so.
             logger.error("Dropped the rejected message: cannot dead-letter it (%s)", exc)
         message.ack_log_error(logger, self.connection_errors)
+
+
+def _fail_unknown_task(app: Any, headers: Any, served: frozenset[str]) -> None:
+    """A caller waiting on a task nobody serves gets NotRegistered at once, as with Celery."""
+    task, task_id = (
+        (headers.get("task"), headers.get("id")) if isinstance(headers, dict) else (0, 0)
+    )
+    if not isinstance(task, str) or task in served:
+        return
+    if not isinstance(task_id, str) or not 0 < len(task_id) <= guard.MAX_ID_CHARS:
+        return
+    try:
+        app.backend.mark_as_failure(task_id, NotRegistered(task[:200]))
+    except Exception as exc:
+        logger.error("Cannot record NotRegistered for task %.100r: %s", task_id, exc)
 
 
 def _publish_dead(app: Any, message: Any, headers: dict[str, Any], extra: dict[str, Any]) -> None:

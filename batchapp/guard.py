@@ -20,6 +20,7 @@ MAX_BODY_BYTES = 256 * 1024
 MAX_NESTING = 32
 MAX_ITEMS = 10_000
 MAX_HEADER_CHARS = 64 * 1024
+MAX_ID_CHARS = 255
 # A redelivered or retried task beyond this many retries is a loop, whatever its max_retries.
 MAX_RETRIES = 10
 # Celery's time limits are seconds; more than a week is a typo or an attack on the pool's timers.
@@ -90,8 +91,8 @@ def _headers_problem(headers: Any, served: Collection[str]) -> str | None:
     task = headers["task"]
     if task not in served:
         return f"task {task[:100]!r} is not served here"
-    if not 0 < len(headers["id"]) <= 255:
-        return "header 'id' must be 1 to 255 characters"
+    if not 0 < len(headers["id"]) <= MAX_ID_CHARS:
+        return f"header 'id' must be 1 to {MAX_ID_CHARS} characters"
     return _header_values_problem(headers)
 
 
