@@ -11,24 +11,10 @@ from typing import Any
 from celery.exceptions import NotRegistered
 from celery.utils.log import get_logger
 from celery.worker.consumer import Consumer
-from kombu.entity import Queue
 
-from batchapp import guard
+from batchapp import dead_letters, guard
 
-# Rejected messages wait here, as received plus the reason, for an operator to read or purge.
-DEAD_LETTER_QUEUE = "batchapp.dead"
-# A flood of bad messages must not fill the broker's disk: past this, the oldest go first.
-DEAD_LETTER_MAX_LENGTH = 100_000
 DEAD_LETTER_TIMEOUT_S = 10.0
-REASON_HEADER = "x-batchapp-rejected"
-QUEUE_HEADER = "x-batchapp-queue"
-
-dead_letter_queue = Queue(
-    DEAD_LETTER_QUEUE,
-    routing_key=DEAD_LETTER_QUEUE,
-    durable=True,
-    queue_arguments={"x-max-length": DEAD_LETTER_MAX_LENGTH},
-)
 logger = get_logger(__name__)
 
 
@@ -74,11 +60,13 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
             headers.get("task"),
             headers.get("id"),
             queue,
-            DEAD_LETTER_QUEUE,
+            dead_letters.DEAD_LETTER_QUEUE,
             reason[:300],
         )
         try:
-            _publish_dead(self.app, message, headers, {REASON_HEADER: reason, QUEUE_HEADER: queue})
+            dead_letters.publish(
+                self.app, message, headers, reason, queue, timeout=DEAD_LETTER_TIMEOUT_S
+            )
         except Exception as exc:
             # Never requeue: the same message would come straight back. Dropped, and said so.
             logger.error("Dropped the rejected message: cannot dead-letter it (%s)", exc)
@@ -98,30 +86,3 @@ def _fail_unknown_task(app: Any, headers: Any, served: frozenset[str]) -> None:
         app.backend.mark_as_failure(task_id, NotRegistered(task[:200]))
     except Exception as exc:
         logger.error("Cannot record NotRegistered for task %.100r: %s", task_id, exc)
-
-
-def _publish_dead(app: Any, message: Any, headers: dict[str, Any], extra: dict[str, Any]) -> None:
-    body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
-    with app.producer_or_acquire() as producer:
-        try:
-            _publish(producer, message, body, {**headers, **extra})
-        except (TypeError, ValueError):
-            # Headers that do not encode again: keep the body and the reason.
-            _publish(producer, message, body, extra)
-
-
-def _publish(producer: Any, message: Any, body: bytes, headers: dict[str, Any]) -> None:
-    producer.publish(
-        body,
-        exchange="",
-        routing_key=DEAD_LETTER_QUEUE,
-        declare=[dead_letter_queue],
-        content_type=str(message.content_type or "application/octet-stream"),
-        content_encoding=str(message.content_encoding or "binary"),
-        headers=headers,
-        delivery_mode=2,
-        retry=True,
-        retry_policy={"max_retries": 2},
-        timeout=DEAD_LETTER_TIMEOUT_S,
-        confirm_timeout=DEAD_LETTER_TIMEOUT_S,
-    )

@@ -12,7 +12,8 @@ Every wait on the broker here is bounded: a broker that takes the publishes but 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from amqp.exceptions import MessageNacked
@@ -40,13 +41,9 @@ def publish_batch(
             with app.producer_or_acquire() as producer:
                 publish(producer)
             return
-        # A pooled connection that a broker drop closed is reopened here, not used closed.
-        connection.ensure_connection(max_retries=3, timeout=timeout)
         acked, sent = [0], 0
         try:
-            # Every read and write on the socket below gives up after `timeout`: py-amqp's
-            # confirm_select and channel close wait for their replies with no limit of their own.
-            with connection.connection.transport.having_timeout(timeout):
+            with bounded(connection, timeout):
                 channel = connection.channel()
                 acked = _confirm_mode(channel)
                 sent = publish(app.amqp.Producer(channel))
@@ -57,17 +54,32 @@ def publish_batch(
                         raise TimeoutError()
                     connection.drain_events(timeout=remaining)
                 channel.close()
-        except TimeoutError:
-            # Replies are being lost: a polite close would wait for one more. Drop the socket;
-            # the pool reconnects this connection on its next use.
-            connection.collect()
+        except BrokerTimeout as exc:
             raise BrokerTimeout(
-                f"RabbitMQ did not answer within {timeout:g} s: it confirmed {acked[0]} of "
-                f"{sent} messages (the others may or may not be queued)"
+                f"{exc}: it confirmed {acked[0]} of {sent} messages "
+                "(the others may or may not be queued)"
             ) from None
-        except BaseException:
-            connection.collect()
-            raise
+
+
+@contextmanager
+def bounded(connection: Any, timeout: float) -> Iterator[None]:
+    """Every read and write on ``connection``'s socket inside gives up after ``timeout`` s, as
+    :class:`BrokerTimeout`: py-amqp waits for some replies (confirm_select, channel close, queue
+    declare) with no limit of its own."""
+    # A pooled connection that a broker drop closed is reopened here, not used closed; and an
+    # unreachable broker is an error after a few tries, not a wait forever.
+    connection.ensure_connection(max_retries=3, timeout=timeout)
+    try:
+        with connection.connection.transport.having_timeout(timeout):
+            yield
+    except TimeoutError:
+        # Replies are being lost: a polite close would wait for one more. Drop the socket;
+        # a pooled connection is reopened on its next use.
+        connection.collect()
+        raise BrokerTimeout(f"RabbitMQ did not answer within {timeout:g} s") from None
+    except BaseException:
+        connection.collect()
+        raise
 
 
 def _confirm_mode(channel: Any) -> list[int]:

@@ -24,7 +24,7 @@ from kombu import Producer
 
 from batchapp import guard, processes, queues
 from batchapp.celery import app
-from batchapp.consumer import DEAD_LETTER_QUEUE, REASON_HEADER, dead_letter_queue
+from batchapp.dead_letters import DEAD_LETTER_QUEUE, REASON_HEADER, dead_letter_queue
 from batchapp.tasks import calculate_sum, run_chunk
 from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, run_cli
 
@@ -429,6 +429,33 @@ def test_a_dead_letter_keeps_the_message_and_says_why(worker: processes.CeleryPr
     assert message.headers["task"] == "celery.group"
     assert message.headers[REASON_HEADER] == "task 'celery.group' is not served here"
     assert message.headers["x-batchapp-queue"] == queues.CHUNKS
+
+
+def test_an_operator_reads_and_purges_the_dead_letters(worker: processes.CeleryProcess) -> None:
+    start = dead_letters()
+    with app.connection_for_write() as connection:
+        publish(
+            Producer(connection.default_channel),
+            queues.CALLS,
+            (task_headers("celery.chord_unlock"), task_body(), "application/json", "utf-8"),
+        )
+    assert wait_for_dead_letters(start + 1) == start + 1
+
+    listed = run_cli("dead-letters", "--limit", "1000", "--json")
+    assert listed.returncode == 0, listed.stderr
+    shown = json.loads(listed.stdout)
+    still_queued = dead_letters()
+    purged = run_cli("dead-letters", "--purge")
+
+    assert shown["count"] == start + 1 == len(shown["messages"])
+    assert {
+        "task": "celery.chord_unlock",
+        "queue": queues.CALLS,
+        "reason": "task 'celery.chord_unlock' is not served here",
+    }.items() <= shown["messages"][-1].items()
+    assert still_queued == start + 1, "listing took messages off the queue"
+    assert purged.stdout.strip() == f"purged {start + 1} dead letter(s)"
+    assert run_cli("dead-letters").stdout.startswith("0 dead letter(s) in batchapp.dead")
 
 
 def test_a_retry_within_the_cap_still_runs(worker: processes.CeleryProcess) -> None:
