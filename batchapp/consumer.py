@@ -27,13 +27,16 @@ class GuardedConsumer(Consumer):  # type: ignore[misc]
         connection_errors = tuple(self.connection_errors)
 
         def on_task_received(message: Any) -> None:
-            reason = guard.problem(
-                message.headers,
-                message.content_type,
-                message.content_encoding,
-                message.body,
-                served,
-            )
+            try:
+                reason = guard.problem(
+                    message.headers,
+                    message.content_type,
+                    message.content_encoding,
+                    message.body,
+                    served,
+                )
+            except Exception as exc:  # a gap in the guard must not stop the worker either
+                reason = f"the check failed on it: {type(exc).__name__}: {exc}"
             if reason is None:
                 try:
                     handle(message)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Collection, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery.utils.time import maybe_iso8601
@@ -23,6 +24,8 @@ MAX_HEADER_CHARS = 64 * 1024
 MAX_ID_CHARS = 255
 # A redelivered or retried task beyond this many retries is a loop, whatever its max_retries.
 MAX_RETRIES = 10
+# A retry's countdown is at most a minute; a far-off ETA pins a message in the worker's memory.
+MAX_ETA_AHEAD = timedelta(days=1)
 # Celery's time limits are seconds; more than a week is a typo or an attack on the pool's timers.
 MAX_TIME_LIMIT_S = 7 * 24 * 3600
 CONTENT_TYPE = "application/json"
@@ -104,9 +107,15 @@ def _header_values_problem(headers: Mapping[str, Any]) -> str | None:
         value = headers.get(name)
         if value is not None:
             try:
-                maybe_iso8601(value)
+                when = maybe_iso8601(value)  # None for "", as Celery reads it
+                ahead = when and (when if when.tzinfo else when.replace(tzinfo=UTC)) - datetime.now(
+                    UTC
+                )
             except (ValueError, OverflowError, TypeError):
                 return f"header {name!r} is not an ISO 8601 time: {value[:64]!r}"
+            if name == "eta" and ahead and ahead > MAX_ETA_AHEAD:
+                # The worker would hold it, unacknowledged, in memory until then.
+                return f"header 'eta' is {value[:64]}, more than {MAX_ETA_AHEAD} ahead"
     timelimit = headers.get("timelimit")
     if timelimit is not None and (
         len(timelimit) != 2 or not all(_is_time_limit(limit) for limit in timelimit)

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -91,6 +92,9 @@ def test_a_message_as_celery_writes_it_passes() -> None:
     assert problem(task_headers(), task_body()) is None
     beat_tick = task_headers(celery_beat_task=True, expires="2026-11-26T10:00:00+09:00")
     assert problem(beat_tick, task_body()) is None
+    soon = (datetime.now(UTC) + timedelta(seconds=60)).isoformat()
+    assert problem(task_headers(retries=3, eta=soon), task_body()) is None
+    assert problem(task_headers(eta="", expires=""), task_body()) is None  # Celery reads: none
 
 
 @pytest.mark.parametrize(
@@ -114,6 +118,8 @@ def test_a_message_as_celery_writes_it_passes() -> None:
         (task_headers(retries="3"), task_body(), "header 'retries' is a string, expected an int"),
         (task_headers(retries=True), task_body(), "header 'retries' is a bool"),
         (task_headers(eta="tomorrow"), task_body(), "header 'eta' is not an ISO 8601 time"),
+        (task_headers(eta="2099-01-01T00:00:00+00:00"), task_body(), "more than 1 day, 0:00:00"),
+        (task_headers(eta="9999-12-31T23:59:59"), task_body(), "more than 1 day, 0:00:00 ahead"),
         (task_headers(timelimit=[1, 2, 3]), task_body(), "header 'timelimit' must be"),
         (task_headers(timelimit=[-1, None]), task_body(), "header 'timelimit' must be"),
         (task_headers(id=""), task_body(), "header 'id' must be 1 to 255"),
@@ -261,6 +267,22 @@ def broken_headers(draw: st.DrawFn) -> tuple[dict[str, Any] | None, bytes, str |
         headers["id"] = draw(st.just("") | st.text(min_size=256, max_size=300))
     body = task_body(embed=draw(st.just({}) | st.just({"chord": {"task": "celery.chord"}})))
     return headers, body, "application/json", "utf-8"
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(
+    headers=st.none()
+    | st.dictionaries(st.text(max_size=12), amqp_scalars | st.binary(max_size=8), max_size=6)
+    | st.builds(
+        lambda changes: task_headers(**changes),
+        st.dictionaries(st.sampled_from(sorted(guard._HEADER_TYPES)), amqp_scalars, max_size=3),
+    ),
+    content_type=st.none() | st.just("application/json") | st.text(max_size=20),
+    body=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()),
+)
+def test_the_guard_never_raises(headers: Any, content_type: Any, body: bytes) -> None:
+    reason = guard.problem(headers, content_type, "utf-8", body, SERVED)
+    assert reason is None or (isinstance(reason, str) and "\n" not in reason)
 
 
 malformed_messages = raw_bytes() | wrong_shapes() | too_deep_or_big() | broken_headers()
