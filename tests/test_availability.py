@@ -29,7 +29,13 @@ from batchapp.dead_letters import DEAD_LETTER_QUEUE, REASON_HEADER, dead_letter_
 from batchapp.tasks import calculate_sum, run_chunk
 from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, run_cli
 
-TASK_QUEUES = ("celery", *queues.ALL)
+# batchapp's three queues and Celery's default one, each where this configuration has it (a
+# worker can consume only declared queues once task_create_missing_queues is off).
+TASK_QUEUES = tuple(
+    name
+    for name in ("celery", *queues.ALL)
+    if name in app.amqp.queues or app.conf.task_create_missing_queues
+)
 SERVED = frozenset(name for name in app.tasks if name.startswith("batchapp."))
 BUILT_IN_TASKS = (
     "celery.chord_unlock",
@@ -353,8 +359,9 @@ def test_the_messages_from_the_issue_are_dead_lettered_and_the_worker_serves_on(
     ]
     with app.connection_for_write() as connection:
         producer = Producer(connection.default_channel)
-        for headers, body in issue_messages:
-            publish(producer, "celery", (headers, body, "application/json", "utf-8"))
+        for index, (headers, body) in enumerate(issue_messages):
+            queue = TASK_QUEUES[index % len(TASK_QUEUES)]
+            publish(producer, queue, (headers, body, "application/json", "utf-8"))
     # The looping built-in: a chord_unlock retrying every 0.01 s with no retry limit.
     app.send_task(
         "celery.chord_unlock",
@@ -367,7 +374,7 @@ def test_the_messages_from_the_issue_are_dead_lettered_and_the_worker_serves_on(
     assert still_serving()
     assert dead_letters() == start + 7, "the chord_unlock was not retried into a loop"
     log = worker.log()
-    assert "from queue 'celery' into batchapp.dead: no 'id' header" in log
+    assert f"from queue {TASK_QUEUES[0]!r} into batchapp.dead: no 'id' header" in log
     assert "'celery.chord_unlock' is not served here" in log
     assert "beyond the cap of 10 retries" in log
     assert "Unrecoverable error" not in log
