@@ -59,6 +59,9 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
     def setup_schedule(self) -> None:
         # No celery.backend_cleanup: the cleanup job expires results, and workers refuse it.
         self.merge_inplace(self.app.conf.beat_schedule)
+        for entry in self.schedule.values():
+            # A send whose confirm never comes fails after this instead of stopping beat.
+            entry.options.setdefault("confirm_timeout", settings.broker_timeout)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         if not self.leading or time.monotonic() >= self._renew_at:

@@ -189,4 +189,5 @@ def test_two_beats_one_sends_and_the_other_takes_over_when_it_is_killed(
     assert all(INTERVAL_S * 0.9 <= gap < INTERVAL_S * 1.9 for gap in gaps), gaps
     assert results == [5050] * len(ticks)
     assert report_jobs == reports
+    assert leases.holder_of(engine_for(url), "beat") is None, "a clean stop gives the lease up"
     assert "Deprecat" not in logs
