@@ -69,6 +69,9 @@ def bounded(connection: Any, timeout: float) -> Iterator[None]:
     # A pooled connection that a broker drop closed is reopened here, not used closed; and an
     # unreachable broker is an error after a few tries, not a wait forever.
     connection.ensure_connection(max_retries=3, timeout=timeout)
+    if connection.transport.driver_type != "amqp":
+        yield  # the embedded folder broker has no socket to wait on
+        return
     try:
         with connection.connection.transport.having_timeout(timeout):
             yield
