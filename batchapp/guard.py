@@ -81,9 +81,8 @@ def _headers_problem(headers: Any, served: Collection[str]) -> str | None:
     for name, value in headers.items():
         if not isinstance(name, str):
             return f"header name {name!r} is not a string"
-        if name.startswith("x-"):
-            continue  # the broker's own (x-death, x-delivery-count)
-        kinds = _HEADER_TYPES.get(name)
+        # x- headers are the broker's own (x-death, x-delivery-count): any type, but bounded.
+        kinds = _HEADER_TYPES.get(name, (object,) if name.startswith("x-") else None)
         if kinds is None:
             return f"unknown header {name[:64]!r}"
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):

@@ -101,6 +101,8 @@ def test_a_message_as_celery_writes_it_passes() -> None:
     soon = (datetime.now(UTC) + timedelta(seconds=60)).isoformat()
     assert problem(task_headers(retries=3, eta=soon), task_body()) is None
     assert problem(task_headers(eta="", expires=""), task_body()) is None  # Celery reads: none
+    redelivered = task_headers(**{"x-delivery-count": 2, "x-death": [{"count": 1}]})
+    assert problem(redelivered, task_body()) is None
 
 
 @pytest.mark.parametrize(
@@ -131,6 +133,7 @@ def test_a_message_as_celery_writes_it_passes() -> None:
         (task_headers(id=""), task_body(), "header 'id' must be 1 to 255"),
         (task_headers(hostname="evil"), task_body(), "unknown header 'hostname'"),
         (task_headers(stamps={"a": DEEP}), task_body(), "header 'stamps': nested more than 32"),
+        (task_headers(**{"x-death": DEEP}), task_body(), "header 'x-death': nested more than"),
         (["task", "id"], task_body(), "headers are list, not a table"),
     ],
 )
