@@ -30,6 +30,7 @@ from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack
 LEASE = timedelta(seconds=10)
 T0 = datetime(2026, 11, 26, 1, 0, 0)
 INTERVAL_S = 3.0
+LEADING = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}).*beat: leading", re.M)
 SENT = re.compile(
     r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}).*beat: sent (\S+) \((\S+)\) as (\S+)$", re.M
 )
@@ -112,9 +113,12 @@ def sends(*beats: CeleryProcess) -> dict[str, list[tuple[float, str]]]:
     by_entry: dict[str, list[tuple[float, str]]] = defaultdict(list)
     for beat in beats:
         for stamp, entry, _task, task_id in SENT.findall(beat.log()):
-            when = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            by_entry[entry].append((when, task_id))
+            by_entry[entry].append((log_time(stamp), task_id))
     return {entry: sorted(times) for entry, times in by_entry.items()}
+
+
+def log_time(stamp: str) -> float:
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
 
 
 def wait_for_new_send(beat: CeleryProcess, seen: int, timeout: float = 30.0) -> None:
@@ -180,12 +184,16 @@ def test_two_beats_one_sends_and_the_other_takes_over_when_it_is_killed(
     ticks = [when for when, _ in sent["calculate-sum"]]
     gaps = [round(b - a, 2) for a, b in pairwise(ticks)]
     report_jobs = count_report_jobs(url)
+    # logs: the killed leader's, then the standby's, whose last "leading" is its takeover.
+    takeover_s = log_time(LEADING.findall(logs)[-1]) - ticks[1]
     print(
-        f"\ntwo beats on {database}, leader SIGKILLed after a send: calculate-sum sent "
+        f"\ntwo beats on {database}, leader SIGKILLed after a send: the standby led "
+        f"{takeover_s:.2f} s after that send; calculate-sum sent "
         f"{len(ticks)} times (gaps {gaps} s, interval {INTERVAL_S:g} s), all {len(results)} "
         f"answered; sales-report sent {reports} times, {report_jobs} report jobs in the ledger"
     )
     assert len(ticks) >= 4
+    assert takeover_s < INTERVAL_S
     assert all(INTERVAL_S * 0.9 <= gap < INTERVAL_S * 1.9 for gap in gaps), gaps
     assert results == [5050] * len(ticks)
     assert report_jobs == reports
