@@ -48,7 +48,7 @@ BUILT_IN_TASKS = (
     "celery.accumulate",
     "celery.backend_cleanup",
 )
-FUZZ_EXAMPLES = 1500
+FUZZ_EXAMPLES = 3000
 
 
 def task_headers(task: str = "batchapp.tasks.calculate_sum", **changes: Any) -> dict[str, Any]:
