@@ -153,14 +153,20 @@ def retry(job_id: str, as_json: bool) -> None:
 def schedule(as_json: bool) -> None:
     """The beat schedule, with each entry's next run time."""
     with _errors_as_one_line():
+        from batchapp import beat, leases
         from batchapp.celery import app, settings
+        from batchapp.tables import ensure_schema
+        from batchapp.tasks import job_context
 
         tz = ZoneInfo(settings.timezone)
         entries = display.schedule_entries(app, tz)
+        ensure_schema(job_context().engine)
+        leader = leases.holder_of(job_context().engine, beat.LEASE)
     if as_json:
         click.echo(json.dumps(entries, indent=2))
     else:
         display.print_schedule(entries, tz)
+        click.echo(f"sent by beat {leader}" if leader else "no beat holds the lease: none running")
 
 
 @main.command("dead-letters")

@@ -25,7 +25,7 @@ from batchapp.celery import app
 from batchapp.db import engine_for
 from batchapp.processes import CeleryProcess
 from batchapp.tables import beat_entries, beat_leases, ensure_schema, jobs
-from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack
+from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, run_cli
 
 LEASE = timedelta(seconds=10)
 T0 = datetime(2026, 11, 26, 1, 0, 0)
@@ -103,6 +103,16 @@ def test_a_standby_takes_over_within_one_interval() -> None:
         lease = lease_seconds(interval)
         # The leader may die just after renewing; a standby polls every quarter lease.
         assert lease + lease / 4 < interval
+
+
+def test_the_schedule_command_names_the_beat_that_sends(stack: Stack) -> None:
+    engine = engine_for(stack.database_url)
+    ensure_schema(engine)
+    assert "no beat holds the lease" in run_cli("schedule", env=stack.env).stdout
+    assert leases.acquire(engine, "beat", "host-7:4242", LEASE)
+
+    assert "sent by beat host-7:4242" in run_cli("schedule", env=stack.env).stdout
+    leases.release(engine, "beat", "host-7:4242")
 
 
 # --- real beat processes --------------------------------------------------------------------
