@@ -3,7 +3,7 @@
     batchapp submit parallel_sum n=1000000 chunk_size=10000 --wait
     batchapp submit import_csv path=sales.csv --wait --json
     batchapp status ID | batchapp jobs | batchapp retry ID | batchapp cancel ID
-    batchapp schedule
+    batchapp schedule | batchapp dead-letters [--purge]
     batchapp sample-csv sales.csv 100000 --bad 0.01
     batchapp demo
 
@@ -37,6 +37,7 @@ def main() -> None:
 def _errors_as_one_line() -> Iterator[None]:
     """Bad input ends the command with one line and exit status 1 (bad settings end in
     batchapp.celery, with status 1 too)."""
+    from amqp.exceptions import AMQPError
     from kombu.exceptions import OperationalError as KombuOperationalError
 
     from batchapp.jobs import ParamError
@@ -46,7 +47,7 @@ def _errors_as_one_line() -> Iterator[None]:
         yield
     except (ParamError, UnknownJobError, JobStateError, TimeoutError) as exc:
         raise click.ClickException(str(exc)) from None
-    except (OSError, KombuOperationalError) as exc:
+    except (OSError, KombuOperationalError, AMQPError) as exc:
         # The broker (or database) is unreachable: say so, with the URL minus its password.
         from kombu.utils.url import maybe_sanitize_url
 
@@ -166,14 +167,46 @@ def cancel(job_id: str, as_json: bool) -> None:
 def schedule(as_json: bool) -> None:
     """The beat schedule, with each entry's next run time."""
     with _errors_as_one_line():
+        from batchapp import beat, leases
         from batchapp.celery import app, settings
+        from batchapp.tables import ensure_schema
+        from batchapp.tasks import job_context
 
         tz = ZoneInfo(settings.timezone)
         entries = display.schedule_entries(app, tz)
+        ensure_schema(job_context().engine)
+        leader = leases.holder_of(job_context().engine, beat.LEASE)
     if as_json:
         click.echo(json.dumps(entries, indent=2))
     else:
         display.print_schedule(entries, tz)
+        click.echo(f"sent by beat {leader}" if leader else "no beat holds the lease: none running")
+
+
+@main.command("dead-letters")
+@click.option("--limit", type=click.IntRange(0, 1000), default=20, show_default=True)
+@click.option("--purge", is_flag=True, help="Delete every dead letter.")
+@json_option
+def dead_letters(limit: int, purge: bool, as_json: bool) -> None:
+    """Messages the workers refused (malformed, unknown task, too many retries), and why."""
+    with _errors_as_one_line():
+        from batchapp import dead_letters as queue
+        from batchapp.celery import app, settings
+
+        if purge:
+            purged = queue.purge(app, settings.broker_timeout)
+        else:
+            count, letters = queue.peek(app, limit, settings.broker_timeout)
+    if purge:
+        click.echo(json.dumps({"purged": purged}) if as_json else f"purged {purged} dead letter(s)")
+    elif as_json:
+        click.echo(json.dumps({"count": count, "messages": [m.as_json() for m in letters]}))
+    else:
+        click.echo(f"{count} dead letter(s) in {queue.DEAD_LETTER_QUEUE}")
+        display.table(
+            ("TASK", "ID", "FROM QUEUE", "REASON"),
+            [(m.task[:40], m.id[:36], m.queue, m.reason) for m in letters],
+        )
 
 
 @main.command("sample-csv")

@@ -4,28 +4,34 @@ With ``confirm_publish`` every ``apply_async`` waits for its own confirm, which 
 once the message is on disk: about 2 ms each. A job's chunks are published together, so they are
 confirmed together: all are sent on a channel of their own in confirm mode, then one wait lasts
 until the broker has acked the last.
+
+Every wait on the broker here is bounded: a broker that takes the publishes but never answers
+(a lost reply, a blocked connection) ends in :class:`BrokerTimeout`, never in a hang.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from amqp.exceptions import MessageNacked
 from celery import Task
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-CONFIRM_TIMEOUT_S = 30.0
+BROKER_TIMEOUT_S = 30.0
 
 
-class ConfirmTimeout(TimeoutError):
-    """The broker did not confirm a batch in time; its messages may or may not be queued."""
+class BrokerTimeout(TimeoutError):
+    """The broker did not answer in time; the batch's messages may or may not be queued."""
 
 
-def publish_batch(app: Any, publish: Callable[[Any], int]) -> None:
+def publish_batch(
+    app: Any, publish: Callable[[Any], int], timeout: float = BROKER_TIMEOUT_S
+) -> None:
     """Call ``publish(producer)`` (it returns how many messages it sent), then wait until the
-    broker has confirmed them all; a nack or a timeout raises.
+    broker has confirmed them all; a nack raises, and so does any wait past ``timeout`` s.
 
     ``publish`` must pass ``retry=False``: a retry would resend on another channel, outside
     the batch. On a transport without confirms (the embedded folder broker) it just publishes.
@@ -35,23 +41,48 @@ def publish_batch(app: Any, publish: Callable[[Any], int]) -> None:
             with app.producer_or_acquire() as producer:
                 publish(producer)
             return
-        # A pooled connection that a broker drop closed is reopened here, not used closed.
-        connection.ensure_connection(max_retries=3)
-        channel = connection.channel()
+        acked, sent = [0], 0
         try:
-            acked = _confirm_mode(channel)
-            sent = publish(app.amqp.Producer(channel))
-            deadline = time.monotonic() + CONFIRM_TIMEOUT_S
-            while acked[0] < sent:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise ConfirmTimeout(
-                        f"RabbitMQ confirmed {acked[0]} of {sent} messages in "
-                        f"{CONFIRM_TIMEOUT_S:g} s"
-                    )
-                connection.drain_events(timeout=remaining)
-        finally:
-            channel.close()
+            with bounded(connection, timeout):
+                channel = connection.channel()
+                acked = _confirm_mode(channel)
+                sent = publish(app.amqp.Producer(channel))
+                deadline = time.monotonic() + timeout
+                while acked[0] < sent:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError()
+                    connection.drain_events(timeout=remaining)
+                channel.close()
+        except BrokerTimeout as exc:
+            raise BrokerTimeout(
+                f"{exc}: it confirmed {acked[0]} of {sent} messages "
+                "(the others may or may not be queued)"
+            ) from None
+
+
+@contextmanager
+def bounded(connection: Any, timeout: float) -> Iterator[None]:
+    """Every read and write on ``connection``'s socket inside gives up after ``timeout`` s, as
+    :class:`BrokerTimeout`: py-amqp waits for some replies (confirm_select, channel close, queue
+    declare) with no limit of its own."""
+    # A pooled connection that a broker drop closed is reopened here, not used closed; and an
+    # unreachable broker is an error after a few tries, not a wait forever.
+    connection.ensure_connection(max_retries=3, timeout=timeout)
+    if connection.transport.driver_type != "amqp":
+        yield  # the embedded folder broker has no socket to wait on
+        return
+    try:
+        with connection.connection.transport.having_timeout(timeout):
+            yield
+    except TimeoutError:
+        # Replies are being lost: a polite close would wait for one more. Drop the socket;
+        # a pooled connection is reopened on its next use.
+        connection.collect()
+        raise BrokerTimeout(f"RabbitMQ did not answer within {timeout:g} s") from None
+    except BaseException:
+        connection.collect()
+        raise
 
 
 def _confirm_mode(channel: Any) -> list[int]:

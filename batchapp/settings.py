@@ -49,6 +49,8 @@ class Settings:
     prefetch_multiplier: int
     # A chunk delivered this many times without finishing (its process died each time) fails.
     max_deliveries: int
+    # Seconds any wait on the broker may last in publishing and the CLI before it is an error.
+    broker_timeout: float
 
     @property
     def broker_is_filesystem(self) -> bool:
@@ -93,6 +95,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         beat_interval=env.get("BEAT_INTERVAL", _positive(float), 60.0),
         prefetch_multiplier=env.get("PREFETCH_MULTIPLIER", _positive(int), 1),
         max_deliveries=env.get("MAX_DELIVERIES", _positive(int), 3),
+        broker_timeout=env.get("BROKER_TIMEOUT", _positive(float), 30.0),
     )
 
 
@@ -222,10 +225,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Task events cost ~1 ms a task (three publishes); Flower switches them on when it runs,
         # and `celery -A batchapp worker -E` does too.
         "worker_send_task_events": False,
+        # Every task message is checked before Celery reads it; a bad one goes to batchapp.dead.
+        "worker_consumer": "batchapp.consumer:GuardedConsumer",
         "beat_schedule": beat_schedule(settings.beat_interval),
-        "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
-        # Save beat's state after every send: a beat killed and restarted won't resend a tick.
-        "beat_sync_every": 1,
+        # Any number of beats: one leads by a lease in the database, where the schedule's state
+        # lives too (a shared dbm file corrupts under two beats).
+        "beat_scheduler": "batchapp.beat:LeaderScheduler",
         "imports": [],
     }
     if settings.broker_is_filesystem:

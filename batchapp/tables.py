@@ -155,6 +155,24 @@ sales_daily = Table(
     Column("updated_at", DateTime, nullable=False),
 )
 
+beat_leases = Table(
+    "batch_beat_leases",
+    metadata,
+    # The beat that may send ticks holds this row until expires_at; others stand by.
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(255), nullable=False),
+    Column("expires_at", DateTime, nullable=False),
+)
+
+beat_entries = Table(
+    "batch_beat_entries",
+    metadata,
+    # Beat's schedule state: when each entry last ran, shared by every beat process.
+    Column("name", String(255), primary_key=True),
+    Column("last_run_at", DateTime, nullable=False),
+    Column("total_run_count", BigInteger, nullable=False),
+)
+
 _prepared: set[str] = set()
 _CREATE_ATTEMPTS = 5
 

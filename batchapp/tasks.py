@@ -23,7 +23,7 @@ from batchapp import ledger, queues
 from batchapp.celery import app, settings
 from batchapp.db import configure_engine, engine_for
 from batchapp.jobs import JOBS, JobContext, ParamError, get_job
-from batchapp.publishing import BatchappTask, publish_batch
+from batchapp.publishing import BatchappTask, BrokerTimeout, publish_batch
 from batchapp.sums import MAX_N, sum_to
 from batchapp.validate import require_int, require_str
 
@@ -189,13 +189,21 @@ def publish_chunks(job_id: str, indexes: Sequence[int], queue: str = queues.CHUN
         return len(indexes)
 
     try:
-        publish_batch(app, publish)
+        publish_batch(app, publish, timeout=settings.broker_timeout)
+    except BrokerTimeout:
+        # The broker takes messages but does not answer: publishing again would wait the same.
+        raise
     except BATCH_ERRORS:
         # Some may be queued already; a chunk delivered twice is dropped by the ledger, so
         # sending all of them again, each confirmed with retries, loses and duplicates nothing.
         with app.producer_or_acquire() as producer:
             for index in indexes:
-                run_chunk.apply_async((job_id, index), producer=producer, **route)
+                run_chunk.apply_async(
+                    (job_id, index),
+                    producer=producer,
+                    confirm_timeout=settings.broker_timeout,
+                    **route,
+                )
 
 
 def submit_job(name: str, params: Mapping[str, Any], *, exclusive: bool = False) -> ledger.JobView:

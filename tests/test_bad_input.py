@@ -61,14 +61,14 @@ def test_unknown_task_name_fails_that_task_only(worker: CeleryProcess) -> None:
 
     with pytest.raises(NotRegistered):
         result.get(timeout=RESULT_TIMEOUT)
-    assert "Received unregistered task of type 'batchapp.tasks.no_such_task'" in worker.log()
+    assert "task 'batchapp.tasks.no_such_task' is not served here" in worker.log()
     assert still_serving()
 
 
 def test_body_that_is_not_json_is_refused(worker: CeleryProcess) -> None:
     publish_raw(b"{this is not json", "application/json")
 
-    worker.wait_for_log("Can't decode message body", timeout=RESULT_TIMEOUT)
+    worker.wait_for_log("into batchapp.dead: body is not JSON", timeout=RESULT_TIMEOUT)
     assert still_serving()
 
 
@@ -76,7 +76,7 @@ def test_pickle_message_is_never_deserialized(worker: CeleryProcess, tmp_path: P
     marker = tmp_path / "unpickled"
     publish_raw(pickle.dumps(((Touch(marker),), {}, {})), "application/x-python-serialize")
 
-    worker.wait_for_log("Refusing to deserialize untrusted content of type pickle", RESULT_TIMEOUT)
+    worker.wait_for_log("content type 'application/x-python-serialize'", RESULT_TIMEOUT)
     assert still_serving()
     assert not marker.exists()
 

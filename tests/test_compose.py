@@ -33,10 +33,10 @@ def test_services_are_rabbitmq_worker_beat_and_flower() -> None:
     assert set(SERVICES) == {"rabbitmq", "worker", "beat", "flower"}
 
 
-def test_exactly_one_beat_runs() -> None:
+def test_two_beats_run_one_leading_by_lease() -> None:
     worker_command = SERVICES["worker"]["command"]
 
-    assert SERVICES["beat"].get("deploy", {}).get("replicas", 1) == 1
+    assert SERVICES["beat"]["deploy"]["replicas"] == 2
     assert "-B" not in worker_command and "--beat" not in worker_command
 
 
@@ -51,13 +51,11 @@ def test_worker_runs_the_celery_worker_command_the_tests_run() -> None:
     assert SERVICES["worker"]["command"][:4] == ["celery", "-A", "batchapp", "worker"]
 
 
-def test_beat_start_script_removes_the_stale_pid_file_then_runs_beat() -> None:
-    pidfile = re.search(r"--pidfile=(\S+)", BEAT_SCRIPT)
-
+def test_beat_start_script_runs_beat_with_no_pid_file_to_block_a_second_replica() -> None:
     assert SERVICES["beat"]["command"] == ["/app/docker/beat-start.sh"]
     assert "COPY docker ./docker" in DOCKERFILE
     assert "exec celery -A batchapp beat" in BEAT_SCRIPT
-    assert pidfile and f"rm -f {pidfile[1]}" in BEAT_SCRIPT
+    assert "--pidfile" not in BEAT_SCRIPT
 
 
 def test_data_volume_is_shared_at_the_absolute_data_dir() -> None:

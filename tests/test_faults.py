@@ -171,6 +171,7 @@ def test_four_writers_beat_and_callers_never_see_database_is_locked(stack: Stack
         job_ids.append(view.id)
     for thread in callers:
         thread.join()
+    beat.stop()  # it would stay the leading beat for the module's later tests
     finished = [ledger.wait(ctx, job_id, timeout=WAIT) for job_id in job_ids]
     values = [result.get(timeout=WAIT) for result in results]
 

@@ -22,7 +22,7 @@ def test_defaults_are_json_only_seoul_and_sqlite_results_in_the_data_dir(tmp_pat
     assert config["task_serializer"] == config["result_serializer"] == "json"
     assert config["timezone"] == "Asia/Seoul"
     assert config["enable_utc"] is True
-    assert config["beat_schedule_filename"] == str(tmp_path / "celerybeat-schedule")
+    assert config["beat_scheduler"] == "batchapp.beat:LeaderScheduler"
 
 
 def test_every_celery_setting_is_a_lowercase_name(tmp_path: Path) -> None:

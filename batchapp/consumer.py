@@ -1,0 +1,91 @@
+"""The worker's consumer, with every task message checked by :mod:`batchapp.guard` before Celery
+sees it: a malformed one is logged in one line and moved to the dead-letter queue, and the
+worker serves on. Set as ``worker_consumer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from celery.exceptions import NotRegistered
+from celery.utils.log import get_logger
+from celery.worker.consumer import Consumer
+
+from batchapp import dead_letters, guard
+
+DEAD_LETTER_TIMEOUT_S = 10.0
+logger = get_logger(__name__)
+
+
+class GuardedConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer, whose task handler first checks each message (see batchapp.guard)."""
+
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], None]:
+        handle = super().create_task_handler(*args, **kwargs)
+        served = frozenset(name for name in self.app.tasks if name.startswith("batchapp."))
+        connection_errors = tuple(self.connection_errors)
+
+        def on_task_received(message: Any) -> None:
+            try:
+                reason = guard.problem(
+                    message.headers,
+                    message.content_type,
+                    message.content_encoding,
+                    message.body,
+                    served,
+                )
+            except Exception as exc:  # a gap in the guard must not stop the worker either
+                reason = f"the check failed on it: {type(exc).__name__}: {exc}"
+            if reason is None:
+                try:
+                    handle(message)
+                    return
+                except connection_errors:
+                    raise
+                except Exception as exc:
+                    # What the guard let through must still never stop the worker.
+                    if message.acknowledged:
+                        logger.exception("Error handling task message after it was acknowledged")
+                        return
+                    reason = f"the worker could not accept it: {type(exc).__name__}: {exc}"
+            self.dead_letter(message, reason)
+            _fail_unknown_task(self.app, message.headers, served)
+
+        return on_task_received
+
+    def dead_letter(self, message: Any, reason: str) -> None:
+        """Log ``reason`` in one line, move ``message`` to the dead-letter queue, ack it."""
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        queue = (message.delivery_info or {}).get("routing_key")
+        logger.warning(
+            "Rejected message (task %.100r, id %.100r) from queue %r into %s: %s",
+            headers.get("task"),
+            headers.get("id"),
+            queue,
+            dead_letters.DEAD_LETTER_QUEUE,
+            reason[:300],
+        )
+        try:
+            dead_letters.publish(
+                self.app, message, headers, reason, queue, timeout=DEAD_LETTER_TIMEOUT_S
+            )
+        except Exception as exc:
+            # Never requeue: the same message would come straight back. Dropped, and said so.
+            logger.error("Dropped the rejected message: cannot dead-letter it (%s)", exc)
+        message.ack_log_error(logger, self.connection_errors)
+
+
+def _fail_unknown_task(app: Any, headers: Any, served: frozenset[str]) -> None:
+    """A caller waiting on a task nobody serves gets NotRegistered at once, as with Celery."""
+    task, task_id = (
+        (headers.get("task"), headers.get("id")) if isinstance(headers, dict) else (0, 0)
+    )
+    if not isinstance(task, str) or task in served:
+        return
+    if not isinstance(task_id, str) or not 0 < len(task_id) <= guard.MAX_ID_CHARS:
+        return
+    try:
+        app.backend.mark_as_failure(task_id, NotRegistered(task[:200]))
+    except Exception as exc:
+        logger.error("Cannot record NotRegistered for task %.100r: %s", task_id, exc)

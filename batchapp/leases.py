@@ -1,0 +1,101 @@
+"""A lease in the batchapp database: the one beat holding it sends ticks, the others wait.
+
+The holder renews it well before it expires; when the holder dies, the lease runs out and the
+next beat to ask takes it. Every entry's last run is recorded under the same lease check, so a
+beat that lost its lease (paused past expiry, say) can no longer record, and so never sends.
+Times are naive UTC from this host's clock: keep the hosts' clocks in sync (NTP).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from batchapp.db import dialect_insert, read_transaction, write_transaction
+from batchapp.jobs.base import utcnow
+from batchapp.tables import beat_entries, beat_leases
+
+
+def acquire(
+    engine: Engine, name: str, holder: str, duration: timedelta, now: datetime | None = None
+) -> bool:
+    """Take or renew lease ``name`` for ``holder``; True if it now holds it for ``duration``."""
+    now = now or utcnow()
+    try:
+        with write_transaction(engine) as connection:
+            current = _current(connection, name)
+            if current is None:
+                connection.execute(
+                    insert(beat_leases).values(name=name, holder=holder, expires_at=now + duration)
+                )
+                return True
+            if current[0] != holder and current[1] > now:
+                return False
+            connection.execute(
+                update(beat_leases)
+                .where(beat_leases.c.name == name)
+                .values(holder=holder, expires_at=now + duration)
+            )
+            return True
+    except IntegrityError:
+        return False  # another beat created the lease between our read and our insert
+
+
+def release(engine: Engine, name: str, holder: str) -> None:
+    """Give the lease up at once (on a clean stop), so a standby need not wait for it to expire."""
+    with write_transaction(engine) as connection:
+        connection.execute(
+            delete(beat_leases).where(beat_leases.c.name == name, beat_leases.c.holder == holder)
+        )
+
+
+def holder_of(engine: Engine, name: str, now: datetime | None = None) -> str | None:
+    """Who holds lease ``name`` now, if anyone."""
+    with read_transaction(engine) as connection:
+        current = _current(connection, name, lock=False)
+    return current[0] if current and current[1] > (now or utcnow()) else None
+
+
+def record_run(
+    engine: Engine,
+    lease: str,
+    holder: str,
+    entry: str,
+    last_run_at: datetime,
+    total_run_count: int,
+    now: datetime | None = None,
+) -> bool:
+    """Record that ``entry`` ran at ``last_run_at``, only while ``holder`` holds ``lease``;
+    False (nothing written) if it does not, and then it must not send."""
+    now = now or utcnow()
+    with write_transaction(engine) as connection:
+        current = _current(connection, lease)
+        if current is None or current[0] != holder or current[1] <= now:
+            return False
+        upsert = dialect_insert(engine.dialect.name, beat_entries).values(
+            name=entry, last_run_at=last_run_at, total_run_count=total_run_count
+        )
+        connection.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[beat_entries.c.name],
+                set_={"last_run_at": last_run_at, "total_run_count": total_run_count},
+            )
+        )
+        return True
+
+
+def recorded_runs(engine: Engine) -> dict[str, tuple[datetime, int]]:
+    """Each entry's last run (naive UTC) and run count, as the beats recorded them."""
+    with read_transaction(engine) as connection:
+        rows = connection.execute(
+            select(beat_entries.c.name, beat_entries.c.last_run_at, beat_entries.c.total_run_count)
+        )
+        return {name: (last_run_at, count) for name, last_run_at, count in rows}
+
+
+def _current(connection: Connection, name: str, lock: bool = True) -> tuple[str, datetime] | None:
+    query = select(beat_leases.c.holder, beat_leases.c.expires_at).where(beat_leases.c.name == name)
+    row = connection.execute(query.with_for_update() if lock else query).first()
+    return (row[0], row[1]) if row else None

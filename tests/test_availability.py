@@ -1,0 +1,588 @@
+"""No message can take the worker down or make work loop, and no broker wait hangs the CLI.
+
+The fuzz test throws thousands of generated malformed messages at a real prefork worker's
+queues, then counts them in the dead-letter queue and checks the worker still answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kombu import Producer
+
+from batchapp import guard, processes, queues
+from batchapp.celery import app
+from batchapp.dead_letters import DEAD_LETTER_QUEUE, REASON_HEADER, dead_letter_queue
+from batchapp.tasks import calculate_sum, run_chunk
+from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, run_cli
+
+# batchapp's three queues and Celery's default one, each where this configuration has it (a
+# worker can consume only declared queues once task_create_missing_queues is off).
+TASK_QUEUES = tuple(
+    name
+    for name in ("celery", *queues.ALL)
+    if name in app.amqp.queues or app.conf.task_create_missing_queues
+)
+SERVED = frozenset(name for name in app.tasks if name.startswith("batchapp."))
+BUILT_IN_TASKS = (
+    "celery.chord_unlock",
+    "celery.chord",
+    "celery.group",
+    "celery.chain",
+    "celery.map",
+    "celery.starmap",
+    "celery.chunks",
+    "celery.accumulate",
+    "celery.backend_cleanup",
+)
+FUZZ_EXAMPLES = 3000
+
+
+def task_headers(task: str = "batchapp.tasks.calculate_sum", **changes: Any) -> dict[str, Any]:
+    """Protocol 2 headers as Celery writes them."""
+    headers: dict[str, Any] = {
+        "lang": "py",
+        "task": task,
+        "id": str(uuid.uuid4()),
+        "shadow": None,
+        "eta": None,
+        "expires": None,
+        "group": None,
+        "group_index": None,
+        "retries": 0,
+        "timelimit": [None, None],
+        "root_id": None,
+        "parent_id": None,
+        "argsrepr": "(100,)",
+        "kwargsrepr": "{}",
+        "origin": "gen1@host",
+        "ignore_result": False,
+        "replaced_task_nesting": 0,
+        "stamped_headers": None,
+        "stamps": {},
+    }
+    headers.update(changes)
+    return headers
+
+
+def task_body(args: Any = (100,), kwargs: Any = None, embed: Any = None) -> bytes:
+    embed = {"callbacks": None, "errbacks": None, "chain": None, "chord": None, **(embed or {})}
+    return json.dumps([list(args), kwargs or {}, embed]).encode()
+
+
+DEEP: list[Any] = [1]
+for _ in range(40):
+    DEEP = [DEEP]
+
+# --- the guard on plain values ------------------------------------------------------------
+
+
+def problem(headers: Any, body: bytes, content_type: Any = "application/json") -> str | None:
+    return guard.problem(headers, content_type, "utf-8", body, SERVED)
+
+
+def test_a_message_as_celery_writes_it_passes() -> None:
+    assert problem(task_headers(), task_body()) is None
+    beat_tick = task_headers(celery_beat_task=True, expires="2026-11-26T10:00:00+09:00")
+    assert problem(beat_tick, task_body()) is None
+    soon = (datetime.now(UTC) + timedelta(seconds=60)).isoformat()
+    assert problem(task_headers(retries=3, eta=soon), task_body()) is None
+    assert problem(task_headers(eta="", expires=""), task_body()) is None  # Celery reads: none
+    redelivered = task_headers(**{"x-delivery-count": 2, "x-death": [{"count": 1}]})
+    assert problem(redelivered, task_body()) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "body", "expected"),
+    [
+        ({k: v for k, v in task_headers().items() if k != "id"}, task_body(), "no 'id' header"),
+        ({"id": "x"}, task_body(), "no 'task' header"),
+        (task_headers(), b'{"args": [100], "kwargs": {}}', "expected the list [args, kwargs"),
+        (task_headers(), b"[[100], {}]", "expected the list [args, kwargs, embed]"),
+        (task_headers(), b"[100, {}, {}]", "args are an int, expected a list"),
+        (task_headers(), b"[[], [], {}]", "kwargs are a list, expected an object"),
+        (task_headers(), b"[" * 40 + b"]" * 40, "nested more than 32 levels deep"),
+        (task_headers(), b"[" * 200_000 + b"]" * 200_000, "over the limit of 262,144"),
+        (task_headers(), b"\xff\xfe", "body is not UTF-8"),
+        (task_headers(), b"[[1], {}, {", "body is not JSON"),
+        (task_headers(), task_body(embed={"callbacks": [{"task": "x"}]}), "never linked"),
+        (task_headers("celery.chord_unlock"), task_body(), "'celery.chord_unlock' is not served"),
+        (task_headers("batchapp.tasks.nope"), task_body(), "is not served here"),
+        (task_headers(retries=11), task_body(), "beyond the cap of 10 retries"),
+        (task_headers(retries=-1), task_body(), "beyond the cap"),
+        (task_headers(retries="3"), task_body(), "header 'retries' is a string, expected an int"),
+        (task_headers(retries=True), task_body(), "header 'retries' is a bool"),
+        (task_headers(eta="tomorrow"), task_body(), "header 'eta' is not an ISO 8601 time"),
+        (task_headers(eta="2099-01-01T00:00:00+00:00"), task_body(), "more than 1 day, 0:00:00"),
+        (task_headers(eta="9999-12-31T23:59:59"), task_body(), "more than 1 day, 0:00:00 ahead"),
+        (task_headers(timelimit=[1, 2, 3]), task_body(), "header 'timelimit' must be"),
+        (task_headers(timelimit=[-1, None]), task_body(), "header 'timelimit' must be"),
+        (task_headers(id=""), task_body(), "header 'id' must be 1 to 255"),
+        (task_headers(hostname="evil"), task_body(), "unknown header 'hostname'"),
+        (task_headers(stamps={"a": DEEP}), task_body(), "header 'stamps': nested more than 32"),
+        (task_headers(**{"x-death": DEEP}), task_body(), "header 'x-death': nested more than"),
+        (["task", "id"], task_body(), "headers are list, not a table"),
+    ],
+)
+def test_a_malformed_message_is_named_in_one_line(headers: Any, body: bytes, expected: str) -> None:
+    reason = problem(headers, body)
+    assert reason is not None and expected in reason
+    assert "\n" not in reason
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/x-python-serialize", "text/plain", None, "application/yaml"]
+)
+def test_only_json_content_is_accepted(content_type: Any) -> None:
+    reason = problem(task_headers(), task_body(), content_type)
+    assert reason is not None and "content type" in reason
+
+
+def test_every_batchapp_task_retries_less_than_the_cap() -> None:
+    for name in SERVED:
+        limit = app.tasks[name].max_retries
+        assert limit is not None and limit <= guard.MAX_RETRIES, name
+
+
+# --- generated malformed messages ---------------------------------------------------------
+
+amqp_scalars = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+)
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(10**20), 10**20) | st.floats() | st.text(max_size=12),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def well_shaped(body: Any) -> bool:
+    return (
+        isinstance(body, list)
+        and len(body) == 3
+        and isinstance(body[0], list)
+        and isinstance(body[1], dict)
+        and isinstance(body[2], dict)
+    )
+
+
+@st.composite
+def raw_bytes(draw: st.DrawFn) -> tuple[dict[str, Any] | None, bytes, str | None, str]:
+    content_type = draw(
+        st.sampled_from(
+            [
+                "application/x-python-serialize",
+                "application/octet-stream",
+                "text/plain",
+                "application/x-yaml",
+                "application/json; charset=binary",
+                "APPLICATION/JSON",
+            ]
+        )
+        | st.text(max_size=30).filter(lambda t: t != "application/json")
+    )
+    headers = draw(st.none() | st.just(task_headers()))
+    return headers, draw(st.binary(max_size=600)), content_type, "binary"
+
+
+@st.composite
+def wrong_shapes(draw: st.DrawFn) -> tuple[dict[str, Any] | None, bytes, str | None, str]:
+    body = draw(
+        json_values.filter(lambda v: not well_shaped(v))
+        | st.tuples(json_values, json_values, json_values)
+        .map(list)
+        .filter(lambda v: not well_shaped(v))
+    )
+    return task_headers(), json.dumps(body).encode(), "application/json", "utf-8"
+
+
+@st.composite
+def too_deep_or_big(draw: st.DrawFn) -> tuple[dict[str, Any] | None, bytes, str | None, str]:
+    depth = draw(st.integers(guard.MAX_NESTING + 1, 20_000))
+    nested = b"[" * depth + b"]" * depth
+    body = draw(
+        st.sampled_from(
+            [
+                nested,
+                b"[" + nested + b", {}, {}]",
+                b'[[], {"n": ' + nested + b"}, {}]",
+                task_body(args=["x" * (guard.MAX_BODY_BYTES + 1)]),
+                task_body(args=list(range(guard.MAX_ITEMS + 1))),
+            ]
+        )
+    )
+    return task_headers(), body, "application/json", "utf-8"
+
+
+@st.composite
+def broken_headers(draw: st.DrawFn) -> tuple[dict[str, Any] | None, bytes, str | None, str]:
+    headers = task_headers(task=draw(st.sampled_from(sorted(SERVED))))
+    breakage = draw(st.integers(0, 7))
+    if breakage == 0:
+        del headers[draw(st.sampled_from(["task", "id"]))]
+    elif breakage == 1:
+        name = draw(st.sampled_from(["task", "id", "retries", "timelimit", "ignore_result"]))
+        headers[name] = draw(
+            (amqp_scalars | st.lists(amqp_scalars, max_size=3)).filter(
+                lambda v, name=name: problem({**headers, name: v}, task_body()) is not None
+            )
+        )
+    elif breakage == 2:
+        headers["task"] = draw(
+            st.sampled_from(BUILT_IN_TASKS) | st.text(max_size=40).filter(lambda t: t not in SERVED)
+        )
+    elif breakage == 3:
+        headers["retries"] = draw(
+            st.integers(guard.MAX_RETRIES + 1, 2**62) | st.integers(-(2**62), -1)
+        )
+    elif breakage == 4:
+        headers[draw(st.sampled_from(["eta", "expires"]))] = draw(
+            st.text(min_size=1, max_size=30).filter(
+                lambda t: problem({**headers, "eta": t}, task_body()) is not None
+            )
+        )
+    elif breakage == 5:
+        headers["timelimit"] = draw(
+            st.lists(amqp_scalars, max_size=4).filter(
+                lambda v: problem({**headers, "timelimit": v}, task_body()) is not None
+            )
+        )
+    elif breakage == 6:
+        name = draw(st.text(min_size=1, max_size=20))
+        name = name if not name.startswith("x-") else "y" + name
+        headers[name] = draw(amqp_scalars)
+        if problem(headers, task_body()) is None:
+            headers["hostname"] = "injected"
+    else:
+        headers["id"] = draw(st.just("") | st.text(min_size=256, max_size=300))
+    body = task_body(embed=draw(st.just({}) | st.just({"chord": {"task": "celery.chord"}})))
+    return headers, body, "application/json", "utf-8"
+
+
+@settings(max_examples=500, deadline=None, database=None)
+@given(
+    headers=st.none()
+    | st.dictionaries(st.text(max_size=12), amqp_scalars | st.binary(max_size=8), max_size=6)
+    | st.builds(
+        lambda changes: task_headers(**changes),
+        st.dictionaries(st.sampled_from(sorted(guard._HEADER_TYPES)), amqp_scalars, max_size=3),
+    ),
+    content_type=st.none() | st.just("application/json") | st.text(max_size=20),
+    body=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()),
+)
+def test_the_guard_never_raises(headers: Any, content_type: Any, body: bytes) -> None:
+    reason = guard.problem(headers, content_type, "utf-8", body, SERVED)
+    assert reason is None or (isinstance(reason, str) and "\n" not in reason)
+
+
+malformed_messages = raw_bytes() | wrong_shapes() | too_deep_or_big() | broken_headers()
+
+
+# --- a real worker -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def worker(stack: Stack) -> Iterator[processes.CeleryProcess]:
+    """A prefork worker consuming batchapp's queues and Celery's default one."""
+    process = processes.worker(
+        stack.env,
+        RUN_DATA_DIR / "logs" / f"availability-{uuid.uuid4().hex[:6]}.log",
+        extra=["-Q", ",".join(TASK_QUEUES)],
+    )
+    stack.started.append(process)
+    process.wait_ready()
+    with app.connection_for_write() as connection:
+        dead_letter_queue(connection.default_channel).declare()
+        dead_letter_queue(connection.default_channel).purge()
+    yield process
+
+
+def dead_letters() -> int:
+    with app.connection_for_write() as connection:
+        _, count, _ = connection.default_channel.queue_declare(DEAD_LETTER_QUEUE, passive=True)
+        return int(count)
+
+
+def wait_for_dead_letters(count: int, timeout: float = 60.0) -> int:
+    deadline = time.monotonic() + timeout
+    while (found := dead_letters()) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return found
+
+
+def publish(producer: Producer, queue: str, message: tuple[Any, bytes, Any, str]) -> None:
+    headers, body, content_type, content_encoding = message
+    producer.publish(
+        body,
+        exchange="",
+        routing_key=queue,
+        headers=headers,
+        content_type=content_type or "",
+        content_encoding=content_encoding,
+        retry=False,
+    )
+
+
+def still_serving() -> bool:
+    return bool(calculate_sum.delay(100).get(timeout=RESULT_TIMEOUT) == 5050)
+
+
+def test_the_messages_from_the_issue_are_dead_lettered_and_the_worker_serves_on(
+    worker: processes.CeleryProcess,
+) -> None:
+    start = dead_letters()
+    no_id = task_headers()
+    del no_id["id"]
+    issue_messages = [
+        (no_id, task_body()),
+        (task_headers(), b'{"args": [100], "kwargs": {}, "embed": {}}'),
+        (task_headers(retries=guard.MAX_RETRIES + 1), task_body()),
+        (task_headers(eta="not a time"), task_body()),
+        (task_headers(timelimit="soon"), task_body()),
+        (task_headers(origin=b"\xff\xfe not UTF-8"), task_body()),
+    ]
+    with app.connection_for_write() as connection:
+        producer = Producer(connection.default_channel)
+        for index, (headers, body) in enumerate(issue_messages):
+            queue = TASK_QUEUES[index % len(TASK_QUEUES)]
+            publish(producer, queue, (headers, body, "application/json", "utf-8"))
+    # The looping built-in: a chord_unlock retrying every 0.01 s with no retry limit.
+    app.send_task(
+        "celery.chord_unlock",
+        args=["group-id", {"task": "batchapp.tasks.calculate_sum", "args": [1]}],
+        kwargs={"interval": 0.01, "max_retries": None},
+    )
+
+    assert wait_for_dead_letters(start + 7) == start + 7
+    assert worker.popen.poll() is None
+    assert still_serving()
+    assert dead_letters() == start + 7, "the chord_unlock was not retried into a loop"
+    log = worker.log()
+    assert f"from queue {TASK_QUEUES[0]!r} into batchapp.dead: no 'id' header" in log
+    assert "'celery.chord_unlock' is not served here" in log
+    assert "beyond the cap of 10 retries" in log
+    assert "Unrecoverable error" not in log
+
+
+class Publisher:
+    """Publishes raw messages; one the broker itself refuses (it closes the connection on a
+    header such as -inf) is counted as refused, not sent, and the connection is reopened."""
+
+    def __init__(self) -> None:
+        self.connection = app.connection_for_write()
+        self.sent = 0
+        self.refused = 0
+
+    def __call__(self, queue: str, message: tuple[Any, bytes, Any, str]) -> None:
+        try:
+            publish(Producer(self.connection.default_channel), queue, message)
+        except self.connection.connection_errors + self.connection.channel_errors:
+            self.refused += 1
+            self.connection.collect()
+            self.connection = app.connection_for_write()
+        else:
+            self.sent += 1
+
+    def close(self) -> None:
+        self.connection.release()
+
+
+def test_thousands_of_malformed_messages_are_dead_lettered_and_the_worker_serves_on(
+    worker: processes.CeleryProcess,
+) -> None:
+    start = dead_letters()
+    logged = worker.log().count("into batchapp.dead:")
+    publisher = Publisher()
+
+    @settings(
+        max_examples=FUZZ_EXAMPLES,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(message=malformed_messages, queue=st.sampled_from(TASK_QUEUES))
+    def publish_malformed(message: tuple[Any, bytes, Any, str], queue: str) -> None:
+        headers, body, content_type, content_encoding = message
+        assert guard.problem(headers, content_type, content_encoding, body, SERVED)
+        publisher(queue, message)
+
+    started = time.monotonic()
+    try:
+        publish_malformed()
+    finally:
+        publisher.close()
+    found = wait_for_dead_letters(start + publisher.sent) - start
+    print(
+        f"\nfuzz: {publisher.sent:,} malformed messages published to {len(TASK_QUEUES)} queues "
+        f"({publisher.refused} more refused by RabbitMQ itself), {found:,} dead-lettered, "
+        f"{time.monotonic() - started:.1f} s"
+    )
+    assert found == publisher.sent
+    assert worker.popen.poll() is None
+    assert still_serving()
+    assert worker.log().count("into batchapp.dead:") - logged == found
+    assert "Unrecoverable error" not in worker.log()
+
+
+def test_a_dead_letter_keeps_the_message_and_says_why(worker: processes.CeleryProcess) -> None:
+    with app.connection_for_write() as connection:
+        dead_letter_queue(connection.default_channel).purge()
+        publish(
+            Producer(connection.default_channel),
+            queues.CHUNKS,
+            (task_headers("celery.group"), task_body(), "application/json", "utf-8"),
+        )
+        deadline = time.monotonic() + RESULT_TIMEOUT
+        message = None
+        while message is None and time.monotonic() < deadline:
+            message = dead_letter_queue(connection.default_channel).get(no_ack=True)
+            time.sleep(0.05)
+    assert message is not None
+    assert json.loads(message.body) == json.loads(task_body())
+    assert message.headers["task"] == "celery.group"
+    assert message.headers[REASON_HEADER] == "task 'celery.group' is not served here"
+    assert message.headers["x-batchapp-queue"] == queues.CHUNKS
+
+
+def test_an_operator_reads_and_purges_the_dead_letters(worker: processes.CeleryProcess) -> None:
+    start = dead_letters()
+    with app.connection_for_write() as connection:
+        publish(
+            Producer(connection.default_channel),
+            queues.CALLS,
+            (task_headers("celery.chord_unlock"), task_body(), "application/json", "utf-8"),
+        )
+    assert wait_for_dead_letters(start + 1) == start + 1
+
+    listed = run_cli("dead-letters", "--limit", "1000", "--json")
+    assert listed.returncode == 0, listed.stderr
+    shown = json.loads(listed.stdout)
+    still_queued = dead_letters()
+    purged = run_cli("dead-letters", "--purge")
+
+    assert shown["count"] == start + 1 == len(shown["messages"])
+    assert {
+        "task": "celery.chord_unlock",
+        "queue": queues.CALLS,
+        "reason": "task 'celery.chord_unlock' is not served here",
+    }.items() <= shown["messages"][-1].items()
+    assert still_queued == start + 1, "listing took messages off the queue"
+    assert purged.stdout.strip() == f"purged {start + 1} dead letter(s)"
+    assert run_cli("dead-letters").stdout.startswith("0 dead letter(s) in batchapp.dead")
+
+
+def test_a_retry_within_the_cap_still_runs(worker: processes.CeleryProcess) -> None:
+    result = calculate_sum.apply_async((10,), retries=guard.MAX_RETRIES)
+    assert result.get(timeout=RESULT_TIMEOUT) == 55
+    assert run_chunk.max_retries <= guard.MAX_RETRIES
+
+
+# --- a broker that takes messages but stops answering --------------------------------------
+
+AMQP_PROTOCOL_HEADER = 8
+BASIC_PUBLISH = (60).to_bytes(2, "big") + (40).to_bytes(2, "big")
+
+
+class ReplyDroppingProxy:
+    """A TCP proxy to RabbitMQ that forwards both ways until a client sends its first
+    basic.publish; from then on it still forwards the client's frames but drops every reply."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.dropping = threading.Event()
+        self.sockets: list[socket.socket] = [self.listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
+            threading.Thread(target=self._requests, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._replies, args=(upstream, client), daemon=True).start()
+
+    def _requests(self, client: socket.socket, upstream: socket.socket) -> None:
+        pending = b""
+        skip = AMQP_PROTOCOL_HEADER
+        while data := _recv(client):
+            pending += data
+            if skip:
+                taken = min(skip, len(pending))
+                pending, skip = pending[taken:], skip - taken
+            # Frames: type (1 byte), channel (2), size (4), payload, end marker (1).
+            while len(pending) >= 7 and len(pending) >= 8 + int.from_bytes(pending[3:7], "big"):
+                size = int.from_bytes(pending[3:7], "big")
+                if pending[0] == 1 and pending[7:11] == BASIC_PUBLISH:
+                    self.dropping.set()
+                pending = pending[8 + size :]
+            with contextlib.suppress(OSError):
+                upstream.sendall(data)
+
+    def _replies(self, upstream: socket.socket, client: socket.socket) -> None:
+        while data := _recv(upstream):
+            if not self.dropping.is_set():
+                with contextlib.suppress(OSError):
+                    client.sendall(data)
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+def _recv(sock: socket.socket) -> bytes:
+    try:
+        return sock.recv(65536)
+    except OSError:
+        return b""
+
+
+@pytest.fixture
+def proxy() -> Iterator[ReplyDroppingProxy]:
+    broker = urlsplit(os.environ["BATCHAPP_BROKER_URL"])
+    proxy = ReplyDroppingProxy((broker.hostname or "127.0.0.1", broker.port or 5672))
+    yield proxy
+    proxy.close()
+
+
+def test_submit_ends_in_one_error_line_when_the_broker_stops_answering(
+    stack: Stack, proxy: ReplyDroppingProxy
+) -> None:
+    broker = urlsplit(os.environ["BATCHAPP_BROKER_URL"])
+    proxied = urlunsplit(broker._replace(netloc=f"guest:guest@127.0.0.1:{proxy.port}"))
+    env = {**stack.env, "BATCHAPP_BROKER_URL": proxied, "BATCHAPP_BROKER_TIMEOUT": "2"}
+
+    started = time.monotonic()
+    result = run_cli("submit", "parallel_sum", "n=100", "chunk_size=10", env=env)
+    elapsed = time.monotonic() - started
+
+    print(f"\nlost replies: submit ended in {elapsed:.1f} s: {result.stderr.strip()}")
+    assert proxy.dropping.is_set(), "the publishes never reached the proxy"
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error: RabbitMQ did not answer within 2 s")
+    assert result.stderr.count("\n") == 1
+    assert elapsed < 20

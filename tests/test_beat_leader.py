@@ -1,0 +1,211 @@
+"""Any number of beats: one leads by a lease in the database, the others take over when it dies.
+
+The lease's interleavings are tested step by step on SQLite and PostgreSQL (with a session time
+zone that is not UTC); then real beat processes: the leader SIGKILLed right after a send, and
+every tick counted from the beats' logs, the results and the ledger.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+from collections import defaultdict
+from datetime import datetime, timedelta
+from itertools import pairwise
+
+import pytest
+from celery.result import AsyncResult
+from sqlalchemy import Engine, select
+
+from batchapp import leases
+from batchapp.beat import lease_seconds
+from batchapp.celery import app
+from batchapp.db import engine_for
+from batchapp.processes import CeleryProcess
+from batchapp.tables import beat_entries, beat_leases, ensure_schema, jobs
+from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, run_cli
+
+LEASE = timedelta(seconds=10)
+T0 = datetime(2026, 11, 26, 1, 0, 0)
+INTERVAL_S = 3.0
+LEADING = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}).*beat: leading", re.M)
+SENT = re.compile(
+    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}).*beat: sent (\S+) \((\S+)\) as (\S+)$", re.M
+)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    if request.param == "sqlite":
+        url = f"sqlite:///{RUN_DATA_DIR / f'leases-{time.monotonic_ns()}.sqlite'}"
+    else:
+        # A session time zone other than UTC: lease times must not shift with it.
+        url = request.getfixturevalue("postgres_url") + "?options=-c%20timezone%3DAsia/Seoul"
+    engine = engine_for(url)
+    ensure_schema(engine)
+    with engine.begin() as connection:
+        connection.execute(beat_leases.delete())
+        connection.execute(beat_entries.delete())
+    return engine
+
+
+def test_one_holder_at_a_time_until_the_lease_expires(engine: Engine) -> None:
+    assert leases.acquire(engine, "beat", "a", LEASE, now=T0)
+    assert not leases.acquire(engine, "beat", "b", LEASE, now=T0 + timedelta(seconds=9))
+    assert leases.acquire(engine, "beat", "a", LEASE, now=T0 + timedelta(seconds=9))  # renewed
+    assert not leases.acquire(engine, "beat", "b", LEASE, now=T0 + timedelta(seconds=18))
+    assert leases.acquire(engine, "beat", "b", LEASE, now=T0 + timedelta(seconds=20))
+    assert leases.holder_of(engine, "beat", now=T0 + timedelta(seconds=21)) == "b"
+
+
+def test_a_leader_that_lost_its_lease_cannot_record_a_tick(engine: Engine) -> None:
+    assert leases.acquire(engine, "beat", "a", LEASE, now=T0)
+    assert leases.record_run(engine, "beat", "a", "tick", T0, 1, now=T0 + timedelta(seconds=1))
+    # a pauses past its lease; b takes over and records the next tick.
+    assert leases.acquire(engine, "beat", "b", LEASE, now=T0 + timedelta(seconds=11))
+    later = T0 + timedelta(seconds=12)
+    assert not leases.record_run(engine, "beat", "a", "tick", later, 2, now=later)
+    assert leases.record_run(engine, "beat", "b", "tick", later, 2, now=later)
+    assert leases.recorded_runs(engine) == {"tick": (later, 2)}
+
+
+def test_a_released_lease_is_taken_at_once(engine: Engine) -> None:
+    assert leases.acquire(engine, "beat", "a", LEASE, now=T0)
+    leases.release(engine, "beat", "b")  # not b's to release
+    assert not leases.acquire(engine, "beat", "b", LEASE, now=T0)
+    leases.release(engine, "beat", "a")
+    assert leases.acquire(engine, "beat", "b", LEASE, now=T0)
+
+
+def test_beats_racing_for_a_free_lease_get_one_holder(engine: Engine) -> None:
+    contenders = [f"beat-{i}" for i in range(4)]
+    start = threading.Barrier(len(contenders))
+    won: list[str] = []
+
+    def contend(holder: str) -> None:
+        start.wait()
+        if leases.acquire(engine, "beat", holder, LEASE, now=T0):
+            won.append(holder)
+
+    threads = [threading.Thread(target=contend, args=(holder,)) for holder in contenders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(won) == 1
+    assert leases.holder_of(engine, "beat", now=T0) == won[0]
+
+
+def test_a_standby_takes_over_within_one_interval() -> None:
+    for interval in (3.0, 60.0, 3600.0):
+        lease = lease_seconds(interval)
+        # The leader may die just after renewing; a standby polls every quarter lease.
+        assert lease + lease / 4 < interval
+
+
+def test_the_schedule_command_names_the_beat_that_sends(stack: Stack) -> None:
+    engine = engine_for(stack.database_url)
+    ensure_schema(engine)
+    assert "no beat holds the lease" in run_cli("schedule", env=stack.env).stdout
+    assert leases.acquire(engine, "beat", "host-7:4242", LEASE)
+
+    assert "sent by beat host-7:4242" in run_cli("schedule", env=stack.env).stdout
+    leases.release(engine, "beat", "host-7:4242")
+
+
+# --- real beat processes --------------------------------------------------------------------
+
+
+def sends(*beats: CeleryProcess) -> dict[str, list[tuple[float, str]]]:
+    """Each entry's sends from the beats' logs: (time, task id), in time order."""
+    by_entry: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for beat in beats:
+        for stamp, entry, _task, task_id in SENT.findall(beat.log()):
+            by_entry[entry].append((log_time(stamp), task_id))
+    return {entry: sorted(times) for entry, times in by_entry.items()}
+
+
+def log_time(stamp: str) -> float:
+    return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def wait_for_new_send(beat: CeleryProcess, seen: int, timeout: float = 30.0) -> None:
+    beat.wait_for_log("beat: sent calculate-sum", timeout=timeout, count=seen + 1)
+
+
+def run_two_beats(
+    stack: Stack, env: dict[str, str]
+) -> tuple[dict[str, list[tuple[float, str]]], str]:
+    """Two beats; the leader SIGKILLed right after its second send, the other stopped after two
+    sends of its own. Returns the sends from both logs, and the logs."""
+    first, second = stack.beat(**env), stack.beat(**env)
+    try:
+        leader, standby = kill_the_leader_after_a_send(first, second)
+    finally:
+        first.stop()
+        second.stop()
+    return sends(leader, standby), leader.log() + standby.log()
+
+
+def kill_the_leader_after_a_send(
+    first: CeleryProcess, second: CeleryProcess
+) -> tuple[CeleryProcess, CeleryProcess]:
+    deadline = time.monotonic() + 30
+    while "beat: leading" not in first.log() + second.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    leader, standby = (first, second) if "beat: leading" in first.log() else (second, first)
+    standby.wait_for_log("beat: standing by", timeout=30)
+    wait_for_new_send(leader, 1)
+    leader.signal(signal.SIGKILL)
+    leader.popen.wait()
+    standby.wait_for_log("beat: leading", timeout=30)
+    wait_for_new_send(standby, 2)
+    return leader, standby
+
+
+def count_report_jobs(url: str) -> int:
+    with engine_for(url).connect() as connection:
+        return len(connection.execute(select(jobs.c.id).where(jobs.c.name == "report")).all())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_two_beats_one_sends_and_the_other_takes_over_when_it_is_killed(
+    stack: Stack, request: pytest.FixtureRequest, database: str
+) -> None:
+    url = stack.database_url if database == "sqlite" else request.getfixturevalue("postgres_url")
+    env = {"BATCHAPP_DATABASE_URL": url, "BATCHAPP_BEAT_INTERVAL": str(INTERVAL_S)}
+    worker = stack.worker(f"ticks-{database}", **env)
+    try:
+        sent, logs = run_two_beats(stack, env)
+        reports = len(sent["sales-report"])
+        deadline = time.monotonic() + RESULT_TIMEOUT
+        while count_report_jobs(url) < reports and time.monotonic() < deadline:
+            time.sleep(0.1)  # the last tick may still be on its way to the worker
+        results = [
+            AsyncResult(task_id, app=app).get(timeout=RESULT_TIMEOUT)
+            for _, task_id in sent["calculate-sum"]
+        ]
+    finally:
+        worker.stop()  # a worker left running would take the next test's ticks
+
+    ticks = [when for when, _ in sent["calculate-sum"]]
+    gaps = [round(b - a, 2) for a, b in pairwise(ticks)]
+    report_jobs = count_report_jobs(url)
+    # logs: the killed leader's, then the standby's, whose last "leading" is its takeover.
+    takeover_s = log_time(LEADING.findall(logs)[-1]) - ticks[1]
+    print(
+        f"\ntwo beats on {database}, leader SIGKILLed after a send: the standby led "
+        f"{takeover_s:.2f} s after that send; calculate-sum sent "
+        f"{len(ticks)} times (gaps {gaps} s, interval {INTERVAL_S:g} s), all {len(results)} "
+        f"answered; sales-report sent {reports} times, {report_jobs} report jobs in the ledger"
+    )
+    assert len(ticks) >= 4
+    assert takeover_s < INTERVAL_S
+    assert all(INTERVAL_S * 0.9 <= gap < INTERVAL_S * 1.9 for gap in gaps), gaps
+    assert results == [5050] * len(ticks)
+    assert report_jobs == reports
+    assert leases.holder_of(engine_for(url), "beat") is None, "a clean stop gives the lease up"
+    assert "Deprecat" not in logs
