@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import celeryd_after_setup
 
 from batchapp import settings as config
 
@@ -15,3 +16,4 @@ except config.SettingsError as exc:
 
 app = Celery("batchapp", include=["batchapp.tasks"], task_cls="batchapp.publishing:BatchappTask")
 app.config_from_object(config.celery_config(settings))
+celeryd_after_setup.connect(config.ignore_cancel_on_connection_loss_warning, weak=False)

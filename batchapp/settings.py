@@ -310,10 +310,14 @@ def ensure_dirs(settings: Settings) -> None:
             ) from None
 
 
-# Celery warns on every broker drop unless cancelling is on; keeping tasks running is deliberate
-# (see worker_cancel_long_running_tasks_on_connection_loss above), so the warning is noise.
-warnings.filterwarnings(
-    "ignore",
-    message=r"\s*In Celery 5\.1 we introduced an optional breaking change",
-    category=CPendingDeprecationWarning,
-)
+def ignore_cancel_on_connection_loss_warning(**_: Any) -> None:
+    """Silence Celery's warning on every broker drop: keeping running tasks is our choice.
+
+    Celery's logging set-up turns its own warnings back on, so this runs after it (at
+    ``celeryd_after_setup``); see worker_cancel_long_running_tasks_on_connection_loss above.
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message=r"\s*In Celery 5\.1 we introduced an optional breaking change",
+        category=CPendingDeprecationWarning,
+    )

@@ -8,8 +8,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 
+from batchapp import ledger
+from batchapp.celery import app
+from batchapp.sales_csv import write_sample
 from batchapp.settings import SettingsError, celery_config, load
+from batchapp.tables import sales
+from batchapp.tasks import calculate_sum, publish_chunks
+from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack
 
 
 def test_defaults_are_json_only_seoul_and_sqlite_results_in_the_data_dir(tmp_path: Path) -> None:
@@ -192,3 +199,37 @@ def test_bad_settings_stop_worker_and_beat_with_one_line_naming_the_variable(
             process.kill()
         assert process.returncode != 0, expected
         assert stderr.strip().splitlines() == [f"batchapp: {expected}"]
+
+
+@pytest.mark.slow
+def test_a_broker_drop_lets_running_chunks_finish_without_celerys_warning(stack: Stack) -> None:
+    ctx = stack.ctx
+    rows, seed = 200_000, 77
+    bad = write_sample(RUN_DATA_DIR / "drop.csv", rows, bad_fraction=0.01, seed=seed).bad
+    worker = stack.worker("dropped")
+    view = ledger.submit(
+        ctx, "import_csv", {"path": "drop.csv", "chunk_rows": 100_000}, publish_chunks
+    )
+    worker.wait_for_log("batchapp.tasks.run_chunk[")
+    vhost = app.conf.broker_url.rsplit("/", 1)[1]
+    subprocess.run(
+        ["rabbitmqctl", "-q", "close_all_connections", "-p", vhost, "batchapp drop test"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    done = ledger.wait(ctx, view.id, timeout=120)
+    worker.wait_for_log("Connected to amqp://", count=2)
+    # The worker serves on (and this caller's own dropped connection is revived by a publish).
+    assert calculate_sum.delay(20).get(timeout=RESULT_TIMEOUT) == 210
+
+    with ctx.engine.connect() as connection:
+        stored, distinct = connection.execute(
+            select(func.count(), func.count(func.distinct(sales.c.order_id))).where(
+                sales.c.order_id.like(f"S{seed}-%")
+            )
+        ).one()
+    assert done.status == "succeeded"
+    assert stored == distinct == rows - bad
+    assert "worker_cancel_long_running_tasks_on_connection_loss" not in worker.log()
+    assert "Terminating it instead" not in worker.log()
