@@ -60,6 +60,7 @@ class DatabaseBackend(CeleryDatabaseBackend):  # type: ignore[misc]
         super().__init__(dburi=dburi, engine_options=engine_options, url=url, **kwargs)
         # An old celery_taskmeta may lack 'children' (added by Celery 5.0); found on first error.
         self._children = True
+        self._options = self._engine_options()
 
     def _engine_options(self) -> dict[str, Any]:
         options: dict[str, Any] = dict(self.engine_options)
@@ -78,7 +79,7 @@ class DatabaseBackend(CeleryDatabaseBackend):  # type: ignore[misc]
         table = self.task_cls.__table__
         if self.extended_result or table.schema is not None:
             return None
-        engine = engine_for(self.url, **self._engine_options())
+        engine = engine_for(self.url, **self._options)
         return engine if engine.dialect.name in FAST_DIALECTS else None
 
     def _date_type(self, dialect: Dialect) -> TypeEngine[Any]:

@@ -238,6 +238,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "override_backends": {"db": "batchapp.results:DatabaseBackend"},
         # Every SQLAlchemy engine Celery makes gets the same SQLite pragmas as ours.
         "database_engine_callback": "batchapp.db:configure_engine",
+        # Celery's default without its pool_pre_ping: db.py pings PostgreSQL only, as a local
+        # SQLite file cannot drop a connection (a replaced file is caught without a query).
+        "database_engine_options": {"pool_recycle": 3600},
         # Retry result writes on transient database errors instead of failing the task.
         "result_backend_always_retry": True,
         "result_backend_max_retries": 10,
