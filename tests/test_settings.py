@@ -233,3 +233,16 @@ def test_a_broker_drop_lets_running_chunks_finish_without_celerys_warning(stack:
     assert stored == distinct == rows - bad
     assert "worker_cancel_long_running_tasks_on_connection_loss" not in worker.log()
     assert "Terminating it instead" not in worker.log()
+
+
+def test_postgresql_without_psycopg_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *_: None)
+    with pytest.raises(SettingsError) as raised:
+        load({"BATCHAPP_DATABASE_URL": "postgresql://batchapp@db/batchapp"})
+
+    assert str(raised.value) == (
+        "BATCHAPP_DATABASE_URL: postgresql needs psycopg 3, which is not installed: "
+        "pip install 'batchapp[postgres]'"
+    )
