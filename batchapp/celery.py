@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from celery import Celery
+from celery.signals import celeryd_after_setup
 
 from batchapp import settings as config
 
 try:
     settings = config.load()
+    config.ensure_dirs(settings)
 except config.SettingsError as exc:
     # Celery's CLI would show a traceback from inside its app loader; this line says it all.
     raise SystemExit(f"batchapp: {exc}") from None
-config.ensure_dirs(settings)
 
 app = Celery("batchapp", include=["batchapp.tasks"], task_cls="batchapp.publishing:BatchappTask")
 app.config_from_object(config.celery_config(settings))
+celeryd_after_setup.connect(config.ignore_cancel_on_connection_loss_warning, weak=False)

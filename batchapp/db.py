@@ -4,6 +4,7 @@ SQLite is run in WAL mode (readers never block the writer), with ``synchronous=N
 (no fsync per commit; a commit survives a process crash, the last ones may be lost on power
 loss) and a 30 s busy timeout, and write transactions start with ``BEGIN IMMEDIATE`` so two
 writers queue for the lock instead of failing with "database is locked" on lock upgrade.
+A pooled SQLite connection whose file was deleted or replaced is reopened on the next checkout.
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 
 BUSY_TIMEOUT_MS = 30_000
 _WRITE = "batchapp_write"
+_FILE_ID = "batchapp_file_id"
 
 _engines: dict[str, Engine] = {}
 _engines_pid = os.getpid()
 
 
-def engine_for(url: str) -> Engine:
+def engine_for(url: str, **options: Any) -> Engine:
     """The engine for ``url`` in this process; a forked child gets its own, never its parent's."""
     global _engines_pid
     if os.getpid() != _engines_pid:
@@ -35,12 +38,22 @@ def engine_for(url: str) -> Engine:
             inherited.dispose(close=False)
         _engines.clear()
         _engines_pid = os.getpid()
-    engine = _engines.get(url)
+    key = f"{url} {sorted(options.items())!r}" if options else url
+    engine = _engines.get(key)
     if engine is None:
-        engine = create_engine(url, pool_pre_ping=make_url(url).get_backend_name() != "sqlite")
+        pre_ping = make_url(url).get_backend_name() != "sqlite"
+        engine = create_engine(driver_url(url), **{"pool_pre_ping": pre_ping, **options})
         configure_engine(engine)
-        _engines[url] = engine
+        _engines[key] = engine
     return engine
+
+
+def driver_url(url: str) -> str:
+    """``url`` with psycopg (3) named where it names no driver: SQLAlchemy 2.0 means psycopg2."""
+    parsed = make_url(url)
+    if parsed.drivername != "postgresql":
+        return url
+    return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
 def configure_engine(engine: Engine) -> None:
@@ -48,10 +61,33 @@ def configure_engine(engine: Engine) -> None:
     if engine.dialect.name != "sqlite":
         return
     database = engine.url.database
-    if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        _reopen_when_replaced(engine, database)
+
+
+def _reopen_when_replaced(engine: Engine, path: str) -> None:
+    # A connection keeps the file it opened: after the file is deleted or replaced, it would
+    # write where no one reads. One stat per checkout (2-6 us; a result is 200-400 us) notices;
+    # the pool then drops that connection and opens the path again.
+    @event.listens_for(engine, "connect")
+    def remember_file(_dbapi_connection: sqlite3.Connection, record: Any) -> None:
+        record.info[_FILE_ID] = _file_id(path)
+
+    @event.listens_for(engine, "checkout")
+    def check_file(_dbapi_connection: sqlite3.Connection, record: Any, _proxy: Any) -> None:
+        if _file_id(path) != record.info.get(_FILE_ID):
+            raise DisconnectionError(f"{path} was deleted or replaced; reopening it")
+
+
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def _sqlite_on_connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:

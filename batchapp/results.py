@@ -10,40 +10,80 @@ stays Celery's own ``celery_taskmeta``, so ``celery result`` and Flower read it.
 - ``get()`` polls from 0.5 ms and backs off to the caller's ``interval`` (0.5 s by default), so a
   result is seen within about a millisecond of landing instead of up to half a second later.
 
+``date_done`` goes through Celery's own column type, so it is stored and read exactly as
+Celery's backend does on each dialect, and Celery's cleanup and ``celery result`` agree with it.
+Engines honour ``database_engine_options`` and ``database_short_lived_sessions``; a results
+file that was deleted or replaced is reopened (db.py), with the table made again if needed.
 Extended results (``result_extended``) and other databases keep Celery's own code path.
 """
 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
 from celery import states
 from celery.backends.database import DatabaseBackend as CeleryDatabaseBackend
+from celery.backends.database import session_cleanup
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu.utils.encoding import ensure_bytes
-from sqlalchemy import Engine
+from sqlalchemy import Dialect, Engine, inspect
+from sqlalchemy.exc import DatabaseError
+from sqlalchemy.pool import NullPool
+from sqlalchemy.types import TypeEngine
 
-from batchapp.db import engine_for, placeholder
+from batchapp.db import driver_url, engine_for, placeholder
 
 FIRST_POLL_S = 0.0005
 POLL_BACKOFF = 1.15
 FAST_DIALECTS = frozenset({"sqlite", "postgresql"})
 _COLUMNS = ("status", "result", "date_done", "traceback", "children")
+UPSERT, SELECT = 0, 1
+# Options a pool-less engine refuses (Celery drops the same ones for its NullPool engines).
+_POOL_ONLY_OPTIONS = frozenset({"max_overflow", "echo_pool"})
 
 
 class DatabaseBackend(CeleryDatabaseBackend):  # type: ignore[misc]
     """Celery's database backend with one-statement writes and back-off polling reads."""
 
+    def __init__(
+        self,
+        dburi: str | None = None,
+        engine_options: dict[str, Any] | None = None,
+        url: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        # Before Celery's __init__, which already connects to create the tables.
+        dburi, url = (driver_url(u) if u else None for u in (dburi, url))
+        super().__init__(dburi=dburi, engine_options=engine_options, url=url, **kwargs)
+        # An old celery_taskmeta may lack 'children' (added by Celery 5.0); found on first error.
+        self._children = True
+        self._options = self._engine_options()
+
+    def _engine_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = dict(self.engine_options)
+        if self.short_lived_sessions:
+            # A connection per call, closed after it: nothing pooled can go stale.
+            options = {
+                name: value
+                for name, value in options.items()
+                if not name.startswith("pool") and name not in _POOL_ONLY_OPTIONS
+            }
+            options["poolclass"] = NullPool
+        return options
+
     def _fast_engine(self) -> Engine | None:
-        """Our pooled engine, where the fast path applies; None means use Celery's code."""
+        """Our engine, where the fast path applies; None means use Celery's code."""
         table = self.task_cls.__table__
         if self.extended_result or table.schema is not None:
             return None
-        engine = engine_for(self.url)
+        engine = engine_for(self.url, **self._options)
         return engine if engine.dialect.name in FAST_DIALECTS else None
+
+    def _date_type(self, dialect: Dialect) -> TypeEngine[Any]:
+        return self.task_cls.__table__.c.date_done.type.dialect_impl(dialect)  # type: ignore[no-any-return]
 
     def _store_result(
         self,
@@ -67,26 +107,52 @@ class DatabaseBackend(CeleryDatabaseBackend):  # type: ignore[misc]
             encode=True,
         )
         children = meta.get("children")
-        date_done = meta["date_done"]
-        if date_done is not None:
-            date_done = date_done.astimezone(UTC).replace(tzinfo=None)
-            if engine.dialect.name == "sqlite":
-                # The text form SQLAlchemy's DateTime uses on SQLite, so Celery reads it back.
-                date_done = date_done.isoformat(" ", "microseconds")
         values = (
             task_id,
             state,
             meta["result"],
-            date_done,
+            # Celery's aware app.now(), through Celery's column type: on SQLite the local wall
+            # time as text, on PostgreSQL the driver's timestamptz read in the session zone.
+            _processor(self._date_type(engine.dialect), engine.dialect, "bind")(meta["date_done"]),
             traceback,
             ensure_bytes(self.encode(children)) if children else None,
         )
-        with engine.connect() as connection:
-            connection.exec_driver_sql(self._upsert_sql(engine), values)
-            connection.commit()
+        self._execute(engine, UPSERT, values)
 
-    def _upsert_sql(self, engine: Engine) -> str:
-        return self._statements(engine)[0]
+    def _execute(
+        self, engine: Engine, statement: int, values: tuple[Any, ...]
+    ) -> Sequence[Any] | None:
+        """Run the upsert or the select; repair a missing table or learn of old columns once."""
+        for attempt in (1, 2):
+            sql = self._statements(engine)[statement]
+            # The upsert's last value is 'children', which an old table lacks.
+            params = values if statement == SELECT or self._children else values[:-1]
+            try:
+                with engine.connect() as connection:
+                    result = connection.exec_driver_sql(sql, params)
+                    row = result.first() if statement == SELECT else None
+                    connection.commit()
+                    return row
+            except DatabaseError:
+                if attempt == 2 or not self._repair_table(engine):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _repair_table(self, engine: Engine) -> bool:
+        """After an error: make the table in a new file, or learn it predates 'children'."""
+        table = self.task_cls.__table__
+        inspector = inspect(engine)
+        if not inspector.has_table(table.name):
+            # A results file deleted under running processes comes back empty.
+            self.session_manager.prepared = False
+            self.session_manager.prepare_models(engine)
+            return True
+        has_children = "children" in {
+            column["name"] for column in inspector.get_columns(table.name)
+        }
+        changed = has_children != self._children
+        self._children = has_children
+        return changed
 
     def _statements(self, engine: Engine) -> tuple[str, str]:
         table = self.task_cls.__table__
@@ -94,32 +160,42 @@ class DatabaseBackend(CeleryDatabaseBackend):  # type: ignore[misc]
         # is the rowid.
         sequence = table.c.id.default
         new_id = f"nextval('{sequence.name}')" if engine.dialect.name == "postgresql" else None
-        return _statements(table.name, placeholder(engine), new_id)
+        columns = _COLUMNS if self._children else _COLUMNS[:-1]
+        return _statements(table.name, placeholder(engine), new_id, columns)
 
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
         engine = self._fast_engine()
         if engine is None:
             return super()._get_task_meta_for(task_id)  # type: ignore[no-any-return]
-        sql = self._statements(engine)[1]
-        with engine.connect() as connection:
-            row = connection.exec_driver_sql(sql, (task_id,)).first()
+        row = self._execute(engine, SELECT, (task_id,))
         if row is None:
             data: dict[str, Any] = {"task_id": task_id, "status": states.PENDING}
             data |= {"result": None, "traceback": None, "date_done": None, "children": None}
         else:
-            status, result, date_done, traceback, children = row
-            if isinstance(date_done, str):
-                date_done = datetime.fromisoformat(date_done)
+            status, result, date_done, traceback = row[:4]
+            children = row[4] if len(row) > 4 else None
+            read_date = _processor(self._date_type(engine.dialect), engine.dialect, "result")
             data = {
                 "task_id": task_id,
                 "status": status,
                 "result": self._decode_stored_result(result),
                 "traceback": traceback,
-                "date_done": date_done,
+                "date_done": read_date(date_done),
                 "children": self.decode(children) if children is not None else None,
             }
         meta: dict[str, Any] = self.meta_from_decoded(data)
         return meta
+
+    def _cleanup(self) -> None:
+        # Celery's cleanup compares with a UTC "now", which on SQLite (text in the app's local
+        # time, as Celery stores it) keeps results hours too long east of UTC; app.now() is
+        # in the same zone as the stored text, and an aware value is exact on PostgreSQL.
+        session = self.ResultSession()
+        cutoff = self.app.now() - self.expires
+        with session_cleanup(session):
+            for model in (self.task_cls, self.taskset_cls):
+                session.query(model).filter(model.date_done < cutoff).delete()
+            session.commit()
 
     def wait_for(
         self,
@@ -149,16 +225,32 @@ class DatabaseBackend(CeleryDatabaseBackend):  # type: ignore[misc]
 
 
 @cache
-def _statements(table: str, mark: str, new_id: str | None) -> tuple[str, str]:
-    """(upsert, select) for Celery's result table, built once per table and driver."""
-    updates = ", ".join(f"{name} = excluded.{name}" for name in _COLUMNS)
-    columns = ", ".join(("id", "task_id", *_COLUMNS) if new_id else ("task_id", *_COLUMNS))
-    values = ", ".join(([new_id] if new_id else []) + [mark] * (len(_COLUMNS) + 1))
+def _processor(column_type: TypeEngine[Any], dialect: Dialect, kind: str) -> Callable[[Any], Any]:
+    """The column type's bind or result conversion on ``dialect`` (identity where it has none)."""
+    if kind == "bind":
+        convert = column_type.bind_processor(dialect)
+    else:
+        convert = column_type.result_processor(dialect, None)
+    return convert or _same
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+@cache
+def _statements(
+    table: str, mark: str, new_id: str | None, stored: tuple[str, ...]
+) -> tuple[str, str]:
+    """(upsert, select) for Celery's result table, built once per table, driver and columns."""
+    updates = ", ".join(f"{name} = excluded.{name}" for name in stored)
+    columns = ", ".join(("id", "task_id", *stored) if new_id else ("task_id", *stored))
+    values = ", ".join(([new_id] if new_id else []) + [mark] * (len(stored) + 1))
     upsert = (
         f"INSERT INTO {table} ({columns}) VALUES ({values}) "
         f"ON CONFLICT (task_id) DO UPDATE SET {updates} "
         # Like Celery's backend: once SUCCESS is stored, a repeated run cannot replace it.
         f"WHERE {table}.status != '{states.SUCCESS}'"
     )
-    select = f"SELECT {', '.join(_COLUMNS)} FROM {table} WHERE task_id = {mark}"
+    select = f"SELECT {', '.join(stored)} FROM {table} WHERE task_id = {mark}"
     return upsert, select

@@ -7,7 +7,10 @@ the variable's name instead of deep inside Celery or SQLAlchemy.
 
 from __future__ import annotations
 
+import importlib.util
+import math
 import os
+import warnings
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from celery.exceptions import CPendingDeprecationWarning
 from dotenv import load_dotenv
 from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy.engine import make_url
@@ -26,6 +30,13 @@ PREFIX = "BATCHAPP_"
 BROKER_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "filesystem", "memory", "redis", "rediss"})
 RESULT_SCHEMES = frozenset({"rpc", "redis", "rediss", "disabled"})
 DATABASE_DIALECTS = frozenset({"sqlite", "postgresql"})
+# Every tick expires after one interval (schedule.py), so an interval shorter than a delivery
+# would expire every tick; below a microsecond it is timedelta(0) and beat sends in a busy loop.
+MIN_BEAT_INTERVAL_S = 0.5
+# Durations must fit datetime.timedelta and the pool's timers (a typo of 1e20 would overflow).
+MAX_SECONDS = 10 * 365 * 86400
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 T = TypeVar("T")
 
@@ -46,6 +57,8 @@ class Settings:
     result_expires: int
     ledger_retention_days: int
     beat_interval: float
+    # Workers send task events and callers 'task-sent' from the start (for Flower).
+    task_events: bool
     prefetch_multiplier: int
     # A chunk delivered this many times without finishing (its process died each time) fails.
     max_deliveries: int
@@ -71,8 +84,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ
     env = _Env(environ)
     data_dir = env.get("DATA_DIR", Path, default_data_dir(environ)).expanduser().resolve()
-    soft_limit = env.get("TASK_SOFT_TIME_LIMIT", _positive(float), 300.0)
-    hard_limit = env.get("TASK_TIME_LIMIT", _positive(float), soft_limit + 60)
+    # The hard limit defaults to soft + 60, so the soft limit leaves room for it.
+    soft_limit = env.get("TASK_SOFT_TIME_LIMIT", _seconds(maximum=MAX_SECONDS - 60), 300.0)
+    hard_limit = env.get("TASK_TIME_LIMIT", _seconds(), soft_limit + 60)
     if hard_limit <= soft_limit:
         raise SettingsError(
             f"{PREFIX}TASK_TIME_LIMIT ({hard_limit:g}) must be greater than "
@@ -90,12 +104,15 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         timezone=env.get("TIMEZONE", _timezone, "Asia/Seoul"),
         task_soft_time_limit=soft_limit,
         task_time_limit=hard_limit,
-        result_expires=env.get("RESULT_EXPIRES", _positive(int), 86400),
-        ledger_retention_days=env.get("LEDGER_RETENTION_DAYS", _positive(int), 30),
-        beat_interval=env.get("BEAT_INTERVAL", _positive(float), 60.0),
+        result_expires=env.get("RESULT_EXPIRES", _positive(int, maximum=MAX_SECONDS), 86400),
+        ledger_retention_days=env.get(
+            "LEDGER_RETENTION_DAYS", _positive(int, maximum=MAX_SECONDS // 86400), 30
+        ),
+        beat_interval=env.get("BEAT_INTERVAL", _seconds(minimum=MIN_BEAT_INTERVAL_S), 60.0),
+        task_events=env.get("TASK_EVENTS", _boolean, False),
         prefetch_multiplier=env.get("PREFETCH_MULTIPLIER", _positive(int), 1),
         max_deliveries=env.get("MAX_DELIVERIES", _positive(int), 3),
-        broker_timeout=env.get("BROKER_TIMEOUT", _positive(float), 30.0),
+        broker_timeout=env.get("BROKER_TIMEOUT", _seconds(), 30.0),
     )
 
 
@@ -113,17 +130,39 @@ class _Env:
             raise SettingsError(f"{PREFIX}{name}: {exc}") from None
 
 
-def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
+def _positive(kind: type[T], maximum: float = math.inf) -> Callable[[str], T]:
     def parse(raw: str) -> T:
         try:
-            value = kind(raw)
+            value = kind(raw)  # type: ignore[call-arg]
         except ValueError:
             raise ValueError(f"expected a positive {kind.__name__}, got {raw!r}") from None
+        # 'not >' also refuses nan, which compares false with everything; inf is too large.
         if not value > 0:  # type: ignore[operator]
             raise ValueError(f"expected a positive {kind.__name__}, got {raw!r}")
+        if value > maximum:  # type: ignore[operator]
+            raise ValueError(f"{raw!r} is too large (at most {maximum:.0f})")
         return value
 
     return parse
+
+
+def _seconds(minimum: float = 0.0, maximum: float = MAX_SECONDS) -> Callable[[str], float]:
+    positive = _positive(float, maximum)
+
+    def parse(raw: str) -> float:
+        value = positive(raw)
+        if value < minimum:
+            raise ValueError(f"{raw!r} is too small (at least {minimum:g} seconds)")
+        return value
+
+    return parse
+
+
+def _boolean(raw: str) -> bool:
+    word = raw.lower()
+    if word not in TRUE_WORDS | FALSE_WORDS:
+        raise ValueError(f"expected true or false, got {raw!r}")
+    return word in TRUE_WORDS
 
 
 def _scheme(url: str) -> str:
@@ -170,6 +209,11 @@ def _database_url(url: str) -> str:
             f"unsupported database {parsed.get_backend_name()!r} in "
             f"{parsed.render_as_string(hide_password=True)!r}; use sqlite or postgresql"
         )
+    # A driverless postgresql:// runs on psycopg 3 (db.driver_url), an optional dependency.
+    if parsed.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None:
+        raise ValueError(
+            "postgresql needs psycopg 3, which is not installed: pip install 'batchapp[postgres]'"
+        )
     return url
 
 
@@ -197,6 +241,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "override_backends": {"db": "batchapp.results:DatabaseBackend"},
         # Every SQLAlchemy engine Celery makes gets the same SQLite pragmas as ours.
         "database_engine_callback": "batchapp.db:configure_engine",
+        # Celery's default without its pool_pre_ping: db.py pings PostgreSQL only, as a local
+        # SQLite file cannot drop a connection (a replaced file is caught without a query).
+        "database_engine_options": {"pool_recycle": 3600},
         # Retry result writes on transient database errors instead of failing the task.
         "result_backend_always_retry": True,
         "result_backend_max_retries": 10,
@@ -222,9 +269,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_track_started": False,
         # Keep our logging config.
         "worker_hijack_root_logger": False,
-        # Task events cost ~1 ms a task (three publishes); Flower switches them on when it runs,
-        # and `celery -A batchapp worker -E` does too.
-        "worker_send_task_events": False,
+        # Task events cost ~1 ms a task (three publishes), so they are off unless
+        # BATCHAPP_TASK_EVENTS turns them on from the start (compose does, for Flower): Flower's
+        # own `enable_events` reaches only running workers, every few seconds, and stays on.
+        "worker_send_task_events": settings.task_events,
+        # The caller's 'task-sent' event, so Flower sees a task before a worker takes it.
+        "task_send_sent_event": settings.task_events,
+        # On a broker drop, let running tasks finish: their late acks are lost and RabbitMQ
+        # redelivers them, but the ledger drops a chunk already done (calculate_sum is pure).
+        # Cancelling would kill every running chunk on each blip and restart it from scratch.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Every task message is checked before Celery reads it; a bad one goes to batchapp.dead.
         "worker_consumer": "batchapp.consumer:GuardedConsumer",
         "beat_schedule": beat_schedule(settings.beat_interval),
@@ -246,13 +300,32 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         }
         # No fanout exchanges on a folder: no remote control, no events.
         config["worker_enable_remote_control"] = False
-        config["worker_send_task_events"] = False
+        config["worker_send_task_events"] = config["task_send_sent_event"] = False
     return config
 
 
 def ensure_dirs(settings: Settings) -> None:
     """Create the data directory (and the embedded broker's folders when it is used)."""
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    folders = [settings.data_dir]
     if settings.broker_is_filesystem:
-        for sub in ("queue", "control", "processed"):
-            (settings.data_dir / "broker" / sub).mkdir(parents=True, exist_ok=True)
+        folders += [settings.data_dir / "broker" / sub for sub in ("queue", "control", "processed")]
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SettingsError(
+                f"{PREFIX}DATA_DIR: cannot create {str(folder)!r}: {exc.strerror or exc}"
+            ) from None
+
+
+def ignore_cancel_on_connection_loss_warning(**_: Any) -> None:
+    """Silence Celery's warning on every broker drop: keeping running tasks is our choice.
+
+    Celery's logging set-up turns its own warnings back on, so this runs after it (at
+    ``celeryd_after_setup``); see worker_cancel_long_running_tasks_on_connection_loss above.
+    """
+    warnings.filterwarnings(
+        "ignore",
+        message=r"\s*In Celery 5\.1 we introduced an optional breaking change",
+        category=CPendingDeprecationWarning,
+    )

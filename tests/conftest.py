@@ -139,7 +139,9 @@ def postgres_url() -> Iterator[str]:
 def _psql(statement: str) -> None:
     from sqlalchemy import create_engine, text
 
-    engine = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    from batchapp.db import driver_url
+
+    engine = create_engine(driver_url(POSTGRES_ADMIN_URL), isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
         connection.execute(text(statement))
     engine.dispose()

@@ -145,3 +145,9 @@ def test_containers_run_as_the_non_root_user_that_owns_the_data_dir() -> None:
     assert "chown batchapp:batchapp /data" in DOCKERFILE
     for name in ("worker", "beat"):
         assert str(SERVICES[name].get("user", uid[1])).split(":")[0] == uid[1]
+
+
+def test_worker_and_beat_send_task_events_from_the_start_for_flower() -> None:
+    for name in ("worker", "beat"):
+        value = SERVICES[name]["environment"]["BATCHAPP_TASK_EVENTS"]
+        assert load({"BATCHAPP_TASK_EVENTS": value}).task_events, name

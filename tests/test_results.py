@@ -1,24 +1,64 @@
-"""batchapp's result backend on each database: Celery's table, one upsert, SUCCESS kept."""
+"""batchapp's result backend on each database: Celery's table, one upsert, SUCCESS kept.
+
+PostgreSQL runs here with its sessions in Asia/Seoul, so a time stored or compared in the wrong
+zone is nine hours off; the SQLite file is replaced and deleted under a live worker.
+"""
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy.dialects.postgresql.base
 from celery import states
+from celery.backends.database import DatabaseBackend as CeleryDatabaseBackend
+from sqlalchemy import create_engine, text
+from sqlalchemy.dialects.postgresql import psycopg2
+from sqlalchemy.pool import NullPool
 
-from batchapp.celery import app
+from batchapp.celery import app, settings
+from batchapp.db import driver_url, engine_for
+from batchapp.processes import CeleryProcess
 from batchapp.results import DatabaseBackend
+from batchapp.tasks import calculate_sum
+from tests.conftest import RESULT_TIMEOUT, Stack, _psql
+
+
+@pytest.fixture(scope="module")
+def seoul_postgres_url(postgres_url: str) -> str:
+    """The module's PostgreSQL database, whose sessions run in Asia/Seoul rather than UTC."""
+    database = postgres_url.rsplit("/", 1)[1]
+    _psql(f"ALTER DATABASE \"{database}\" SET timezone TO 'Asia/Seoul'")
+    return postgres_url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def backend(request: pytest.FixtureRequest, tmp_path: Path) -> DatabaseBackend:
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'results.sqlite'}"
-    else:
-        url = request.getfixturevalue("postgres_url")
+        return f"sqlite:///{tmp_path / 'results.sqlite'}"
+    return str(request.getfixturevalue("seoul_postgres_url"))
+
+
+@pytest.fixture
+def backend(url: str) -> DatabaseBackend:
     return DatabaseBackend(app=app, url=url)
+
+
+def stock_backend(url: str) -> CeleryDatabaseBackend:
+    """Celery's own database backend on the same table, as `celery result` and Flower read it."""
+    return CeleryDatabaseBackend(app=app, url=driver_url(url))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = RESULT_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
 
 
 def test_a_stored_result_reads_back_with_its_time(backend: DatabaseBackend) -> None:
@@ -40,3 +80,123 @@ def test_a_later_failure_does_not_replace_success(backend: DatabaseBackend) -> N
 
 def test_an_unknown_task_is_pending(backend: DatabaseBackend) -> None:
     assert backend.get_task_meta(uuid.uuid4().hex)["status"] == states.PENDING
+
+
+def test_date_done_is_stored_and_read_as_celerys_own_backend_does(
+    backend: DatabaseBackend, url: str
+) -> None:
+    ours, celerys = uuid.uuid4().hex, uuid.uuid4().hex
+    stock = stock_backend(url)
+    backend.store_result(ours, 1, states.SUCCESS)
+    stock.store_result(celerys, 2, states.SUCCESS)
+
+    # Stored a moment apart, so nearly the same time when both are read the same way.
+    gap = stock.get_task_meta(celerys)["date_done"] - stock.get_task_meta(ours)["date_done"]
+    assert timedelta(0) <= gap < timedelta(minutes=1)
+    assert backend.get_task_meta(celerys)["date_done"] == stock.get_task_meta(celerys)["date_done"]
+    assert backend.get_task_meta(ours)["date_done"] == stock.get_task_meta(ours)["date_done"]
+
+
+def test_cleanup_keeps_a_fresh_result_and_removes_an_expired_one(url: str) -> None:
+    fresh, old = uuid.uuid4().hex, uuid.uuid4().hex
+    two_hours = DatabaseBackend(app=app, url=url, expires=7200)
+    one_second = DatabaseBackend(app=app, url=url, expires=1)
+    two_hours.store_result(fresh, 1, states.SUCCESS)
+
+    two_hours.cleanup()
+    assert two_hours.get_task_meta(fresh)["status"] == states.SUCCESS
+
+    one_second.store_result(old, 2, states.SUCCESS)
+
+    def removed() -> bool:
+        one_second.cleanup()
+        return bool(one_second.get_task_meta(old)["status"] == states.PENDING)
+
+    wait_until(removed)
+
+
+def test_rows_of_a_table_from_before_children_still_read(backend: DatabaseBackend) -> None:
+    task_id = uuid.uuid4().hex
+    engine = engine_for(backend.url)
+    with engine.begin() as connection:
+        connection.execute(text("ALTER TABLE celery_taskmeta DROP COLUMN children"))
+        connection.execute(
+            text(
+                "INSERT INTO celery_taskmeta (id, task_id, status, result) VALUES (:i, :t, :s, :r)"
+            ),
+            {
+                "i": 10**9 + int(time.time() * 1000) % 10**9,
+                "t": task_id,
+                "s": "SUCCESS",
+                "r": b"5050",
+            },
+        )
+    try:
+        meta = backend.get_task_meta(task_id)
+        assert (meta["status"], meta["result"]) == (states.SUCCESS, 5050)
+        later = uuid.uuid4().hex
+        backend.store_result(later, 7, states.SUCCESS)
+        assert backend.get_task_meta(later)["result"] == 7
+    finally:
+        blob = "BLOB" if engine.dialect.name == "sqlite" else "BYTEA"
+        with engine.begin() as connection:
+            connection.execute(text(f"ALTER TABLE celery_taskmeta ADD COLUMN children {blob}"))
+
+
+def test_engine_options_and_short_lived_sessions_are_honoured(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'results.sqlite'}"
+    pooled = DatabaseBackend(app=app, url=url, engine_options={"pool_size": 2})
+    short_lived = DatabaseBackend(app=app, url=url, short_lived_sessions=True)
+    task_id = uuid.uuid4().hex
+    short_lived.store_result(task_id, 3, states.SUCCESS)
+
+    assert pooled._fast_engine().pool.size() == 2  # type: ignore[union-attr, attr-defined]
+    assert isinstance(short_lived._fast_engine().pool, NullPool)  # type: ignore[union-attr]
+    assert pooled.get_task_meta(task_id)["result"] == 3
+
+
+def test_postgresql_urls_use_psycopg_where_sqlalchemy_would_pick_psycopg2(
+    seoul_postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLAlchemy 2.0.x maps a driverless postgresql:// to psycopg2, which batchapp does not
+    # install; make this SQLAlchemy do the same.
+    monkeypatch.setattr(sqlalchemy.dialects.postgresql.base, "dialect", psycopg2.dialect)
+    url = f"{seoul_postgres_url}?application_name=batchapp-driver-test"
+    task_id = uuid.uuid4().hex
+    backend = DatabaseBackend(app=app, url=url)
+    backend.store_result(task_id, 5050, states.SUCCESS)
+
+    assert backend.get_task_meta(task_id)["result"] == 5050
+    with engine_for(url).connect() as connection:
+        assert connection.dialect.driver == "psycopg"
+        assert connection.execute(text("SELECT 1")).scalar() == 1
+
+
+@pytest.fixture(scope="module")
+def worker(stack: Stack) -> Iterator[CeleryProcess]:
+    yield stack.worker()
+
+
+@pytest.mark.parametrize("change", ["deleted", "replaced"])
+def test_results_keep_coming_after_the_results_file_is_deleted_or_replaced(
+    worker: CeleryProcess, change: str, tmp_path: Path
+) -> None:
+    results_file = Path(settings.result_backend.removeprefix("db+sqlite:///"))
+    assert calculate_sum.delay(10).get(timeout=RESULT_TIMEOUT) == 55  # pooled on both sides
+
+    files = [results_file.with_name(results_file.name + suffix) for suffix in ("", "-wal", "-shm")]
+    if change == "deleted":
+        for path in files:
+            path.unlink(missing_ok=True)
+    else:
+        other = tmp_path / "other.sqlite"
+        stock_backend(f"sqlite:///{other}")  # an empty results database, made by Celery
+        for path in files[1:]:
+            path.unlink(missing_ok=True)
+        os.replace(other, results_file)
+
+    assert calculate_sum.delay(100).get(timeout=RESULT_TIMEOUT) == 5050
+    reader = create_engine(f"sqlite:///{results_file}", poolclass=NullPool)
+    with reader.connect() as connection:
+        rows = connection.execute(text("SELECT count(*) FROM celery_taskmeta")).scalar()
+    assert rows == 1  # the new file holds the result written after the change, and only it
