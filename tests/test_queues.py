@@ -10,8 +10,11 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -28,11 +31,13 @@ from batchapp.sales_csv import write_sample
 from batchapp.settings import SettingsError, celery_config, load, mask_url
 from batchapp.tasks import calculate_sum, publish_chunks
 from batchapp.testing import rabbitmq_vhost
-from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, run_cli
+from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, _psql, run_cli
 
 BIG_IMPORT_ROWS = 200_000
 CHUNK_ROWS = 10_000
 CALL_BOUND_S = 2.0
+TICKS_IMPORT_ROWS = 300_000
+TICKS_CHUNK_ROWS = 5_000
 CHUNK_SUCCEEDED = re.compile(r"Task batchapp\.tasks\.run_chunk\[[^\]]+\] succeeded in ([0-9.]+)s")
 
 
@@ -98,16 +103,16 @@ def worker(stack: Stack) -> Iterator[CeleryProcess]:
     yield stack.worker("w1", concurrency=2)
 
 
-def big_csv(seed: int) -> str:
+def big_csv(seed: int, rows: int = BIG_IMPORT_ROWS) -> str:
     """A sales CSV whose order ids (``S<seed>-<row>``) are new: a re-import is much faster."""
     name = f"queues-{seed}.csv"
-    write_sample(RUN_DATA_DIR / name, BIG_IMPORT_ROWS, seed=seed)
+    write_sample(RUN_DATA_DIR / name, rows, seed=seed)
     return name
 
 
-def start_import(ctx: JobContext, path: str) -> ledger.JobView:
+def start_import(ctx: JobContext, path: str, chunk_rows: int = CHUNK_ROWS) -> ledger.JobView:
     return ledger.submit(
-        ctx, "import_csv", {"path": path, "chunk_rows": CHUNK_ROWS}, publish_chunks
+        ctx, "import_csv", {"path": path, "chunk_rows": chunk_rows}, publish_chunks
     )
 
 
@@ -168,11 +173,12 @@ def test_every_tick_runs_during_an_import_that_outlasts_several_intervals(
     stack: Stack, worker: CeleryProcess
 ) -> None:
     ctx = stack.ctx
-    path = big_csv(seed=42)
+    # Smaller chunks: a tick waits for one, well within its 0.5 s expiry; the import lasts longer.
+    path = big_csv(seed=42, rows=TICKS_IMPORT_ROWS)
     log_start = len(worker.log())
     # Each tick expires after one interval: a tick stuck behind the chunks would be dropped.
     beat = stack.beat(BATCHAPP_BEAT_INTERVAL="0.5")
-    job = start_import(ctx, path)
+    job = start_import(ctx, path, chunk_rows=TICKS_CHUNK_ROWS)
     done = ledger.wait(ctx, job.id, timeout=120)
     beat.stop()
     during = count_ticks(beat, worker.log()[log_start:])
@@ -182,7 +188,7 @@ def test_every_tick_runs_during_an_import_that_outlasts_several_intervals(
         if all(sent == ran for sent, ran in counts.values()):
             break
         time.sleep(0.1)
-    print(f"\nticks (sent, ran) over an import of {BIG_IMPORT_ROWS:,} rows: {counts}")
+    print(f"\nticks (sent, ran) over an import of {TICKS_IMPORT_ROWS:,} rows: {counts}")
 
     assert done.status == "succeeded"
     assert all(sent >= 3 for sent, _ in during.values()), during
@@ -336,19 +342,31 @@ def test_cli_masks_every_password_when_no_broker_of_the_list_answers() -> None:
     ]
 
 
-@pytest.fixture(scope="module")
-def classic_failover(stack: Stack) -> Iterator[tuple[dict[str, str], CeleryProcess]]:
-    """A vhost of classic queues, reached through a failover list whose first broker is down."""
-    with rabbitmq_vhost("batchapp-classic") as broker_url:
-        env = {
-            "BATCHAPP_BROKER_URL": f"amqp://alice:s3cret-one@127.0.0.1:1//;{broker_url}",
-            "BATCHAPP_QUEUE_TYPE": "classic",
-        }
-        worker = stack.worker("classic", **env)
+@contextmanager
+def own_vhost(
+    stack: Stack, name: str, **env: str
+) -> Iterator[tuple[dict[str, str], CeleryProcess]]:
+    """A worker on a vhost of its own ('{vhost}' in a value is its URL), and its callers' env."""
+    with rabbitmq_vhost(f"batchapp-{name}") as broker_url:
+        env = {"BATCHAPP_BROKER_URL": broker_url, **env}
+        env = {key: value.replace("{vhost}", broker_url) for key, value in env.items()}
+        worker = stack.worker(name, **env)
         try:
             yield {**stack.env, **env}, worker
         finally:
             worker.stop()
+
+
+@pytest.fixture(scope="module")
+def classic_failover(stack: Stack) -> Iterator[tuple[dict[str, str], CeleryProcess]]:
+    """A vhost of classic queues, reached through a failover list whose first broker is down."""
+    with own_vhost(
+        stack,
+        "classic",
+        BATCHAPP_BROKER_URL="amqp://alice:s3cret-one@127.0.0.1:1//;{vhost}",
+        BATCHAPP_QUEUE_TYPE="classic",
+    ) as env_and_worker:
+        yield env_and_worker
 
 
 def test_worker_fails_over_to_the_next_broker_and_logs_no_password(
@@ -375,3 +393,45 @@ def test_classic_queues_serve_calls_countdowns_and_chunks(
     assert done.stdout.split() == ["15", "21"], done.stderr
     assert "result   500500" in job.stdout, job.stdout + job.stderr
     assert "Global QoS is disabled" not in worker.log()
+
+
+ONE_CHUNK = ("n=1000", "chunk_size=1000", "--wait", "--json")
+
+
+@pytest.fixture
+def worker_role(postgres_url: str) -> Iterator[str]:
+    """A PostgreSQL role for the worker alone, so its logins can be refused for a while."""
+    role = f"batchapp_worker_{uuid.uuid4().hex[:8]}"
+    _psql(f'CREATE ROLE "{role}" LOGIN SUPERUSER')
+    try:
+        yield role
+    finally:
+        _psql(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_a_chunk_retried_after_a_database_outage_comes_back_through_the_broker(
+    stack: Stack, postgres_url: str, worker_role: str
+) -> None:
+    worker_url = postgres_url.replace("//postgres@", f"//{worker_role}@")
+    with own_vhost(stack, "retry", BATCHAPP_DATABASE_URL=worker_url) as (env, worker):
+        _psql(f'ALTER ROLE "{worker_role}" NOLOGIN')
+        caller = subprocess.Popen(
+            [str(Path(sys.executable).parent / "batchapp"), "submit", "parallel_sum", *ONE_CHUNK],
+            env={**env, "BATCHAPP_DATABASE_URL": postgres_url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            # Until a retry waits on the broker (a countdown of 1 s or more), logins fail.
+            deadline = time.monotonic() + 60
+            while not re.search(r"retry: Retry in [1-9]\d*s: OperationalError", worker.log()):
+                assert time.monotonic() < deadline, worker.tail()
+                time.sleep(0.1)
+            _psql(f'ALTER ROLE "{worker_role}" LOGIN')
+            out, err = caller.communicate(timeout=60)
+        finally:
+            caller.kill()
+    job = json.loads(out)
+
+    assert (job["status"], job["result"]) == ("succeeded", 500500), err
