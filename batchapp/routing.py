@@ -7,8 +7,9 @@ one running chunk, never for a backlog, because three things hold together:
   (``basic.qos`` with ``global=False``, what Celery applies to quorum queues) each consumer may
   hold ``concurrency x prefetch multiplier`` unacked messages of its own. Chunks can fill the
   chunk consumer's share, never the calls' or the ticks'. (With channel-wide prefetch, Celery's
-  choice for classic queues, a slot freed by a finished chunk goes to a queue RabbitMQ picks at
-  random, so a call waits for one or a few chunks; see ``QUEUE_TYPE_DEFAULT`` in settings.py.)
+  choice for classic queues, a slot freed by a finished chunk goes to whichever waiting queue
+  RabbitMQ picks at random, so a call or tick may wait for several chunks and a tick may
+  expire; see ``QUEUE_TYPE_DEFAULT`` in settings.py.)
 - the prefork pool's ``fair`` strategy (Celery's default ``-O``) gives a message to an idle
   process only, in arrival order, so a call received while both processes run chunks goes to
   the first process that frees up, ahead of any chunk delivered after it.
@@ -42,8 +43,6 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
 
 def queue_arguments(queue_type: str, max_deliveries: int) -> dict[str, Any]:
     """The ``x-`` arguments every batchapp queue is declared with."""
-    if queue_type not in QUEUE_TYPES:
-        raise ValueError(f"unknown queue type {queue_type!r}; use one of {', '.join(QUEUE_TYPES)}")
     arguments: dict[str, Any] = {"x-queue-type": queue_type}
     if queue_type == "quorum":
         # Returns allowed before RabbitMQ drops a message: one more delivery than the ledger's

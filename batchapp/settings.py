@@ -31,7 +31,9 @@ DATABASE_DIALECTS = frozenset({"sqlite", "postgresql"})
 # Quorum by default: RabbitMQ applies prefetch per consumer to them, so a chunk backlog can
 # never take a call's or a tick's place on a worker; countdowns wait on the broker (native
 # delayed delivery), not in a worker; the broker caps a poison chunk's deliveries; and a
-# queue survives losing a node of a cluster. Classic is for brokers older than RabbitMQ 3.10.
+# queue survives losing a node of a cluster. Classic is for brokers older than RabbitMQ 3.10:
+# Celery gives classic queues one prefetch for the whole channel, so on a worker consuming all
+# queues a tick can wait for several chunks and expire; give chunks a worker of their own.
 QUEUE_TYPE_DEFAULT = "quorum"
 
 T = TypeVar("T")

@@ -36,8 +36,9 @@ from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, _psql, run_cli
 BIG_IMPORT_ROWS = 200_000
 CHUNK_ROWS = 10_000
 CALL_BOUND_S = 2.0
-TICKS_IMPORT_ROWS = 300_000
+TICKS_IMPORT_ROWS = 600_000
 TICKS_CHUNK_ROWS = 5_000
+TICKS_INTERVAL_S = 2
 CHUNK_SUCCEEDED = re.compile(r"Task batchapp\.tasks\.run_chunk\[[^\]]+\] succeeded in ([0-9.]+)s")
 
 
@@ -173,11 +174,11 @@ def test_every_tick_runs_during_an_import_that_outlasts_several_intervals(
     stack: Stack, worker: CeleryProcess
 ) -> None:
     ctx = stack.ctx
-    # Smaller chunks: a tick waits for one, well within its 0.5 s expiry; the import lasts longer.
     path = big_csv(seed=42, rows=TICKS_IMPORT_ROWS)
     log_start = len(worker.log())
-    # Each tick expires after one interval: a tick stuck behind the chunks would be dropped.
-    beat = stack.beat(BATCHAPP_BEAT_INTERVAL="0.5")
+    # Each tick expires after one interval: a tick stuck behind the backlog would be dropped,
+    # one that waits for a running chunk (up to ~1.5 s on this shared machine) is not.
+    beat = stack.beat(BATCHAPP_BEAT_INTERVAL=str(TICKS_INTERVAL_S))
     job = start_import(ctx, path, chunk_rows=TICKS_CHUNK_ROWS)
     done = ledger.wait(ctx, job.id, timeout=120)
     beat.stop()
