@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from celery.app.utils import sanitize_url
 from celery.exceptions import CPendingDeprecationWarning
 from dotenv import load_dotenv
-from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from batchapp import routing
 from batchapp.schedule import beat_schedule
 
 PREFIX = "BATCHAPP_"
@@ -37,6 +38,14 @@ MIN_BEAT_INTERVAL_S = 0.5
 MAX_SECONDS = 10 * 365 * 86400
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+# Quorum by default: RabbitMQ applies prefetch per consumer to them, so a chunk backlog can
+# never take a call's or a tick's place on a worker; countdowns wait on the broker (native
+# delayed delivery), not in a worker; the broker caps a poison chunk's deliveries; and a
+# queue survives losing a node of a cluster. Classic is for brokers older than RabbitMQ 3.10:
+# Celery gives classic queues one prefetch for the whole channel, so on a worker consuming all
+# queues a tick can wait for several chunks and expire; give chunks a worker of their own.
+QUEUE_TYPE_DEFAULT = "quorum"
 
 T = TypeVar("T")
 
@@ -64,6 +73,7 @@ class Settings:
     max_deliveries: int
     # Seconds any wait on the broker may last in publishing and the CLI before it is an error.
     broker_timeout: float
+    queue_type: str
 
     @property
     def broker_is_filesystem(self) -> bool:
@@ -113,6 +123,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         prefetch_multiplier=env.get("PREFETCH_MULTIPLIER", _positive(int), 1),
         max_deliveries=env.get("MAX_DELIVERIES", _positive(int), 3),
         broker_timeout=env.get("BROKER_TIMEOUT", _seconds(), 30.0),
+        queue_type=env.get("QUEUE_TYPE", _queue_type, QUEUE_TYPE_DEFAULT),
     )
 
 
@@ -168,23 +179,48 @@ def _boolean(raw: str) -> bool:
 def _scheme(url: str) -> str:
     scheme = urlsplit(url).scheme if "://" in url else ""
     if not scheme:
-        raise ValueError(f"{maybe_sanitize_url(url)!r} is not a URL (expected scheme://...)")
+        raise ValueError(f"{mask_url(url)!r} is not a URL (expected scheme://...)")
     return scheme
 
 
-def _broker_url(url: str) -> str:
+def mask_url(url: str) -> str:
+    """``url`` with its password masked; in a ``;``-separated failover list, every one's."""
+    # Celery's own, which kombu's maybe_sanitize_url is not: that one masks the first only.
+    return str(sanitize_url(url, mask="**"))
+
+
+def _broker_url(value: str) -> str:
+    """One broker URL, or a failover list (``url1;url2;...``, kombu's syntax), each checked."""
+    urls = [part.strip() for part in value.split(";")]
+    if "" in urls:
+        raise ValueError(
+            f"empty URL in the failover list {mask_url(value)!r} (separate URLs by ';')"
+        )
+    transports = {_broker_transport(url) for url in urls}
+    if len(urls) > 1 and transports & {"filesystem", "memory"}:
+        raise ValueError(f"an embedded broker cannot be in a failover list: {mask_url(value)!r}")
+    if len(transports) > 1:
+        raise ValueError(
+            f"every URL of a failover list must use one transport, got "
+            f"{', '.join(sorted(transports))} in {mask_url(value)!r}"
+        )
+    return ";".join(urls)
+
+
+def _broker_transport(url: str) -> str:
     scheme = _scheme(url)
     if scheme not in BROKER_SCHEMES:
         raise ValueError(
-            f"unsupported broker scheme {scheme!r} in {maybe_sanitize_url(url)!r}; "
+            f"unsupported broker scheme {scheme!r} in {mask_url(url)!r}; "
             f"use one of {', '.join(sorted(BROKER_SCHEMES))}"
         )
     if scheme.startswith(("amqp", "pyamqp")):
         try:
             urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
         except ValueError as exc:
-            raise ValueError(f"{maybe_sanitize_url(url)!r}: {exc}") from None
-    return url
+            raise ValueError(f"{mask_url(url)!r}: {exc}") from None
+    # amqp:// and pyamqp:// name the same transport.
+    return scheme.removeprefix("py")
 
 
 def _result_backend(url: str) -> str:
@@ -193,7 +229,7 @@ def _result_backend(url: str) -> str:
         _database_url(url.removeprefix("db+"))
     elif scheme not in RESULT_SCHEMES:
         raise ValueError(
-            f"unsupported result backend {maybe_sanitize_url(url)!r}; use db+sqlite:///PATH, "
+            f"unsupported result backend {mask_url(url)!r}; use db+sqlite:///PATH, "
             f"db+postgresql://..., or one of {', '.join(sorted(RESULT_SCHEMES))}"
         )
     return url
@@ -203,7 +239,7 @@ def _database_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ValueError(f"{maybe_sanitize_url(url)!r} is not an SQLAlchemy URL") from None
+        raise ValueError(f"{mask_url(url)!r} is not an SQLAlchemy URL") from None
     if parsed.get_backend_name() not in DATABASE_DIALECTS:
         raise ValueError(
             f"unsupported database {parsed.get_backend_name()!r} in "
@@ -215,6 +251,12 @@ def _database_url(url: str) -> str:
             "postgresql needs psycopg 3, which is not installed: pip install 'batchapp[postgres]'"
         )
     return url
+
+
+def _queue_type(name: str) -> str:
+    if name not in routing.QUEUE_TYPES:
+        raise ValueError(f"expected one of {', '.join(routing.QUEUE_TYPES)}, got {name!r}")
+    return name
 
 
 def _timezone(name: str) -> str:
@@ -281,11 +323,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Every task message is checked before Celery reads it; a bad one goes to batchapp.dead.
         "worker_consumer": "batchapp.consumer:GuardedConsumer",
-        "beat_schedule": beat_schedule(settings.beat_interval),
+        "beat_schedule": routing.ticks_on_periodic(beat_schedule(settings.beat_interval)),
         # Any number of beats: one leads by a lease in the database, where the schedule's state
         # lives too (a shared dbm file corrupts under two beats).
         "beat_scheduler": "batchapp.beat:LeaderScheduler",
         "imports": [],
+        **routing.celery_routing(settings.queue_type, settings.max_deliveries),
     }
     if settings.broker_is_filesystem:
         broker_dir = settings.data_dir / "broker"
