@@ -11,7 +11,12 @@ try:
 except config.SettingsError as exc:
     # Celery's CLI would show a traceback from inside its app loader; this line says it all.
     raise SystemExit(f"batchapp: {exc}") from None
-config.ensure_dirs(settings)
+try:
+    config.ensure_dirs(settings)
+except OSError as exc:
+    raise SystemExit(
+        f"batchapp: BATCHAPP_DATA_DIR: cannot create {exc.filename}: {exc.strerror}"
+    ) from None
 
 app = Celery("batchapp", include=["batchapp.tasks"], task_cls="batchapp.publishing:BatchappTask")
 app.config_from_object(config.celery_config(settings))

@@ -86,6 +86,17 @@ def test_bad_setting_is_one_line(stack: Stack) -> None:
     ]
 
 
+def test_a_data_folder_that_cannot_be_made_is_one_line(stack: Stack) -> None:
+    blocker = RUN_DATA_DIR / "a-file"
+    blocker.write_text("not a folder\n")
+    done = run_cli("jobs", env={**stack.env, "BATCHAPP_DATA_DIR": str(blocker / "data")})
+
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"batchapp: BATCHAPP_DATA_DIR: cannot create {blocker / 'data'}: Not a directory"
+    ]
+
+
 def test_bad_csv_header_is_refused_at_submit(stack: Stack) -> None:
     (RUN_DATA_DIR / "cols.csv").write_text("order_id,sold_at,store\nS-1,2026-11-25,ST\n")
     done = run_cli("submit", "import_csv", "path=cols.csv", env=stack.env)
