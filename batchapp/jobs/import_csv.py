@@ -41,7 +41,7 @@ from batchapp.tables import sales, sales_rejects
 from batchapp.validate import shown
 
 SCAN_BLOCK = 1 << 20
-HOLDER_BATCH = 500
+HOLDER_BATCH = 2_000
 
 
 class FileChanged(RuntimeError):
@@ -263,12 +263,12 @@ def _settle_repeats(
 ) -> Repeats:
     """Reject this chunk's lines whose id an earlier line of the file holds; take over the ids
     that a later line holds (rejecting that line instead). Runs only when an insert conflicted."""
-    holders = _holders(connection, [row[0] for row in rows])
+    holders = _holders(connection, job_id, [row[0] for row in rows])
     repeats = Repeats(rejects=[])
     for row in rows:  # in line order, so an id repeated within the chunk keeps its first line
         order_id, line = row[0], row[-1]
         holder = holders.get(order_id)
-        if holder is None or holder.job_id != job_id or holder.line == line:
+        if holder is None or holder.line == line:
             continue  # an earlier import's row (a duplicate), or this very row
         if holder.line < line:
             repeats.rejects.append(
@@ -289,16 +289,13 @@ class _Holder(tuple[Any, ...]):
     """A sales row as selected: the columns in table order."""
 
     @property
-    def job_id(self) -> str:
-        return str(self[-2])
-
-    @property
     def line(self) -> int:
         return int(self[-1])
 
 
-def _holders(connection: Connection, order_ids: list[str]) -> dict[str, _Holder]:
-    """The sales rows holding these ids, locked on PostgreSQL until this chunk commits."""
+def _holders(connection: Connection, job_id: str, order_ids: list[str]) -> dict[str, _Holder]:
+    """This job's sales rows holding these ids, locked on PostgreSQL until the chunk commits
+    (rows of earlier imports only make duplicates, so they are not read: a re-import stays fast)."""
     marker = placeholder(connection)
     columns = ", ".join(column.name for column in sales.columns)
     lock = " FOR UPDATE" if connection.dialect.name == "postgresql" else ""
@@ -308,10 +305,10 @@ def _holders(connection: Connection, order_ids: list[str]) -> dict[str, _Holder]
         markers = ", ".join(marker for _ in batch)
         # Sorted ids, so two chunks lock shared rows in the same order.
         sql = (
-            f"SELECT {columns} FROM {sales.name} WHERE order_id IN ({markers}) "
-            f"ORDER BY order_id{lock}"
+            f"SELECT {columns} FROM {sales.name} "
+            f"WHERE job_id = {marker} AND order_id IN ({markers}) ORDER BY order_id{lock}"
         )
-        for selected in connection.exec_driver_sql(sql, tuple(batch)):
+        for selected in connection.exec_driver_sql(sql, (job_id, *batch)):
             found[selected[0]] = _Holder(selected)
     return found
 
