@@ -260,6 +260,22 @@ def test_an_order_id_repeated_in_a_file_keeps_its_first_line_whatever_the_chunk_
     }
 
 
+def test_repeated_ids_through_a_worker_running_one_line_chunks_in_parallel(
+    stack: Stack, worker: CeleryProcess
+) -> None:
+    tag = f"W{uuid.uuid4().hex[:8]}"
+    (RUN_DATA_DIR / f"{tag}.csv").write_bytes(repeated_ids_file(tag))
+    view = ledger.submit(
+        stack.ctx, "import_csv", {"path": f"{tag}.csv", "chunk_rows": 1}, publish_chunks
+    )
+    done = ledger.wait(stack.ctx, view.id, timeout=RESULT_TIMEOUT)
+    held, rejected = stored(stack.ctx, view.id)
+
+    assert done.result == {"rows": 6, "imported": 3, "rejected": 3, "new": 3, "duplicates": 0}
+    assert held == {f"{tag}-A": (2, "FIRST"), f"{tag}-B": (3, "B1"), f"{tag}-C": (6, "C")}
+    assert sorted(rejected) == [4, 5, 7]
+
+
 def test_ids_imported_by_an_earlier_job_stay_duplicates(chunk_ctx: JobContext) -> None:
     tag = f"D{uuid.uuid4().hex[:8]}"
     first = run_in_order(chunk_ctx, f"{tag}-1.csv", repeated_ids_file(tag), (0, 1, 2))
