@@ -331,7 +331,7 @@ def _take_over(connection: Connection, job_id: str, row: tuple[Any, ...], line: 
 
 
 def _repeat_reason(order_id: str, first_line: int) -> str:
-    return f"order_id {order_id!r} repeats line {first_line} (an order_id may appear once a file)"
+    return f"order_id {order_id!r} repeats line {first_line} (a file may hold an order_id once)"
 
 
 def _row_text(row: Sequence[Any]) -> str:
