@@ -15,7 +15,7 @@ try:
     config.ensure_dirs(settings)
 except OSError as exc:
     raise SystemExit(
-        f"batchapp: BATCHAPP_DATA_DIR: cannot create {exc.filename}: {exc.strerror}"
+        f"batchapp: BATCHAPP_DATA_DIR: cannot create {str(exc.filename)!r}: {exc.strerror or exc}"
     ) from None
 
 app = Celery("batchapp", include=["batchapp.tasks"], task_cls="batchapp.publishing:BatchappTask")

@@ -93,7 +93,7 @@ def test_a_data_folder_that_cannot_be_made_is_one_line(stack: Stack) -> None:
 
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
-        f"batchapp: BATCHAPP_DATA_DIR: cannot create {blocker / 'data'}: Not a directory"
+        f"batchapp: BATCHAPP_DATA_DIR: cannot create {str(blocker / 'data')!r}: Not a directory"
     ]
 
 
