@@ -42,6 +42,8 @@ from batchapp.validate import shown
 
 SCAN_BLOCK = 1 << 20
 HOLDER_BATCH = 2_000
+# A prepared row's columns, then the job id appended at commit (one tuple built per row).
+_PREPARED_SALES_COLUMNS = (*(c.name for c in sales.columns if c.name != "job_id"), "job_id")
 
 
 class FileChanged(RuntimeError):
@@ -201,8 +203,9 @@ class ImportCsv(Job):
         new = 0
         repeats = Repeats(rejects=[])
         if prepared.rows:
-            rows = [(*row[:-1], job_id, row[-1]) for row in prepared.rows]
-            result = connection.exec_driver_sql(_insert_sql(connection, sales, "order_id"), rows)
+            rows = [(*row, job_id) for row in prepared.rows]
+            insert = _insert_sql(connection, sales, "order_id", _PREPARED_SALES_COLUMNS)
+            result = connection.exec_driver_sql(insert, rows)
             new = max(result.rowcount, 0)
             if new < len(rows):  # some ids were there already: from this file, or from before
                 repeats = _settle_repeats(connection, job_id, prepared.rows)
@@ -358,10 +361,15 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _insert_sql(connection: Connection, table: Any, key: str | None) -> str:
+def _insert_sql(
+    connection: Connection, table: Any, key: str | None, names: Sequence[str] | None = None
+) -> str:
     """A plain positional INSERT for DB-API executemany: no per-row SQLAlchemy work."""
     marker = placeholder(connection)
-    columns = ", ".join(column.name for column in table.columns)
-    values = ", ".join(marker for _ in table.columns)
+    names = names or [column.name for column in table.columns]
+    values = ", ".join(marker for _ in names)
     target = f"({key})" if key else ""
-    return f"INSERT INTO {table.name} ({columns}) VALUES ({values}) ON CONFLICT {target} DO NOTHING"
+    return (
+        f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({values}) "
+        f"ON CONFLICT {target} DO NOTHING"
+    )
