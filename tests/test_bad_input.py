@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import os
 import pickle
+import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery.exceptions import NotRegistered
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu import Exchange, Producer
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 
 from batchapp import ledger
 from batchapp.celery import app
 from batchapp.celery import settings as app_settings
 from batchapp.db import engine_for
-from batchapp.jobs import JobContext
+from batchapp.jobs import JobContext, import_csv
 from batchapp.processes import CeleryProcess
 from batchapp.sales_csv import COLUMNS, RowParser, write_sample
 from batchapp.tables import ensure_schema, sales, sales_rejects
@@ -336,3 +339,82 @@ def test_imported_plus_rejected_is_every_line_whatever_the_bytes(
             )
         )
         assert not any("\0" in raw + reason for raw, reason in texts)
+
+
+def test_two_chunks_taking_one_id_over_at_once_on_postgresql(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Line 7 holds K. Chunk 1 (line 5) has inserted and is about to read the holders when
+    chunk 0 (line 2) takes K over and has not committed yet: chunk 1 must wait for that lock
+    and then see line 2 as the holder, not read line 7 and take K over itself."""
+    ctx = JobContext(
+        settings=replace(app_settings, database_url=postgres_url), engine=engine_for(postgres_url)
+    )
+    ensure_schema(ctx.engine)
+    row = "{0},2026-11-25T09:00:00+09:00,{1},SKU-1,1,1.00\n"
+    ids_and_stores = [("K", "FIRST"), ("A1", "A"), ("A2", "A"), ("K", "SECOND"), ("A3", "A")]
+    lines = [row.format(f"T-{order_id}", store) for order_id, store in ids_and_stores]
+    (RUN_DATA_DIR / "takeover.csv").write_text(HEADER + "".join(lines) + row.format("T-K", "THIRD"))
+    view = ledger.submit(
+        ctx, "import_csv", {"path": "takeover.csv", "chunk_rows": 2}, lambda *_: None
+    )
+    ledger.run_chunk(ctx, view.id, 2)  # line 7 holds T-K
+
+    second_inserted, second_go = threading.Event(), threading.Event()
+    taken, first_go = threading.Event(), threading.Event()
+    holders, take_over = import_csv._holders, import_csv._take_over
+
+    def holders_after_a_pause(*args: Any) -> Any:
+        if threading.current_thread().name == "second":
+            second_inserted.set()
+            second_go.wait(RESULT_TIMEOUT)
+        return holders(*args)
+
+    def take_over_then_hold(*args: Any) -> None:
+        take_over(*args)
+        taken.set()
+        first_go.wait(RESULT_TIMEOUT)
+
+    monkeypatch.setattr(import_csv, "_holders", holders_after_a_pause)
+    monkeypatch.setattr(import_csv, "_take_over", take_over_then_hold)
+    first = threading.Thread(target=ledger.run_chunk, args=(ctx, view.id, 0), name="first")
+    second = threading.Thread(target=ledger.run_chunk, args=(ctx, view.id, 1), name="second")
+    try:
+        second.start()
+        assert second_inserted.wait(RESULT_TIMEOUT)
+        first.start()
+        assert taken.wait(RESULT_TIMEOUT)
+        second_go.set()
+        assert wait_for_a_lock_wait(ctx)
+        assert second.is_alive()
+    finally:
+        second_go.set()
+        first_go.set()
+        first.join(RESULT_TIMEOUT)
+        second.join(RESULT_TIMEOUT)
+    done = ledger.get(ctx, view.id)
+    held, rejected = stored(ctx, view.id)
+
+    assert done.result == {"rows": 6, "imported": 4, "rejected": 2, "new": 4, "duplicates": 0}
+    assert held["T-K"] == (2, "FIRST")
+    assert rejected == {
+        line: "order_id 'T-K' repeats line 2 (a file may hold an order_id once)" for line in (5, 7)
+    }
+
+
+def wait_for_a_lock_wait(ctx: JobContext) -> bool:
+    """Poll PostgreSQL until a session of this database waits for a lock."""
+    deadline = time.monotonic() + RESULT_TIMEOUT
+    with ctx.engine.connect() as connection:
+        while time.monotonic() < deadline:
+            waiting = connection.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+            connection.rollback()
+            if waiting:
+                return True
+            time.sleep(0.02)
+    return False
