@@ -105,6 +105,18 @@ def test_bad_csv_header_is_refused_at_submit(stack: Stack) -> None:
     assert "missing column(s) sku, quantity, unit_price" in done.stderr
 
 
+@pytest.mark.parametrize("names", [500, 20_000])
+def test_a_huge_bad_header_is_refused_in_one_short_line(names: int) -> None:
+    header = ",".join(f"column_number_{i}" for i in range(names))
+    (RUN_DATA_DIR / "wide.csv").write_text(header + "\nS-1\n")
+    done = CliRunner().invoke(main, ["submit", "import_csv", "path=wide.csv"])
+
+    [line] = done.stderr.strip().splitlines()
+    assert done.exit_code == 1
+    assert line.startswith("Error: import_csv: wide.csv: ")
+    assert len(header) > 8_000 and len(line) < 600
+
+
 def test_empty_csv_is_refused_at_submit(stack: Stack) -> None:
     (RUN_DATA_DIR / "empty.csv").write_bytes(b"")
     done = run_cli("submit", "import_csv", "path=empty.csv", env=stack.env)
