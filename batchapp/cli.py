@@ -14,47 +14,153 @@ broker first and a bad setting is reported as one line.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import click
 
 from batchapp import display
+from batchapp.validate import shown
+
+if TYPE_CHECKING:
+    from batchapp.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+MAX_ERROR_CHARS = 1000
+MAX_SAMPLE_ROWS = 1_000_000_000
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _UsageErrorLine(click.ClickException):
+    """A usage mistake as one ``Error:`` line (click's own adds the usage text around it)."""
+
+    exit_code = 2
+
+
+def _usage_error_line(error: click.UsageError) -> click.ClickException:
+    command = error.ctx.command_path if error.ctx is not None else "batchapp"
+    return _UsageErrorLine(f"{error.format_message()} (see {command} --help)")
+
+
+class _Command(click.Command):
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as error:
+            raise _usage_error_line(error) from None
+
+
+class _Group(_Command, click.Group):
+    command_class = _Command
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as error:
+            raise _usage_error_line(error) from None
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """batchapp: chunked parallel jobs and periodic jobs on Celery."""
 
 
 @contextmanager
 def _errors_as_one_line() -> Iterator[None]:
-    """Bad input ends the command with one line and exit status 1 (bad settings end in
-    batchapp.celery, with status 1 too)."""
+    """Bad input, and a database, broker or file that fails, end the command with one line and
+    exit status 1 (bad settings end in batchapp.celery, with status 1 too)."""
     from amqp.exceptions import AMQPError
     from kombu.exceptions import OperationalError as KombuOperationalError
+    from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
     from batchapp.jobs import ParamError
     from batchapp.ledger import JobStateError, UnknownJobError
+    from batchapp.sales_csv import SampleTargetError
 
     try:
         yield
-    except (ParamError, UnknownJobError, JobStateError, TimeoutError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except (OSError, KombuOperationalError, AMQPError) as exc:
-        # The broker (or database) is unreachable: say so, with the URL minus its password.
-        from batchapp.celery import settings
-        from batchapp.settings import mask_url
+    except (ParamError, UnknownJobError, JobStateError, SampleTargetError, TimeoutError) as exc:
+        raise _error_line(str(exc)) from None
+    except SQLAlchemyError as exc:
+        reason = exc.orig if isinstance(exc, DBAPIError) else exc
+        raise _error_line(f"cannot use the database at {_database_shown()}: {reason}") from None
+    except (KombuOperationalError, AMQPError) as exc:
+        raise _error_line(f"cannot reach the broker at {_broker_shown()}: {exc}") from None
+    except OSError as exc:
+        raise _os_error_line(exc) from None
 
-        raise click.ClickException(
-            f"cannot reach the broker at {mask_url(settings.broker_url)}: {exc}"
-        ) from None
+
+def _error_line(message: str) -> click.ClickException:
+    line = " ".join(message.split())
+    if len(line) > MAX_ERROR_CHARS:
+        line = f"{line[: MAX_ERROR_CHARS - 3]}..."
+    return click.ClickException(line)
+
+
+def _os_error_line(exc: OSError) -> click.ClickException:
+    """Blame what the error names: the SQLite ledger's path, another file, else the broker."""
+    from batchapp.celery import settings
+
+    if exc.filename is None:
+        # Sockets name no file; the only connection the CLI opens outside SQLAlchemy is AMQP.
+        return _error_line(f"cannot reach the broker at {_broker_shown()}: {exc}")
+    named = Path(exc.filename)
+    ledger_file = _sqlite_file(settings.database_url)
+    if ledger_file is not None and ledger_file.is_relative_to(named):
+        return _error_line(f"cannot use the database at {_database_shown()}: {exc}")
+    return _error_line(f"cannot access {named}: {exc.strerror or exc}")
+
+
+def _broker_shown() -> str:
+    from batchapp.celery import settings
+    from batchapp.settings import mask_url
+
+    return mask_url(settings.broker_url)
+
+
+def _database_shown() -> str:
+    from sqlalchemy.engine import make_url
+
+    from batchapp.celery import settings
+
+    return make_url(settings.database_url).render_as_string(hide_password=True)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).absolute()
+
+
+def _database_files(settings: Settings) -> list[Path]:
+    """The files sample-csv must never overwrite: the ledger, the results, beat's schedule."""
+    urls = (settings.database_url, settings.result_backend.removeprefix("db+"))
+    files = [_sqlite_file(url) for url in urls if url.startswith("sqlite:")]
+    return [settings.data_dir / "celerybeat-schedule", *(f for f in files if f is not None)]
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    # click's FloatRange lets 'nan' through (every comparison with it is false).
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"expected a finite number, got {value}")
+    return value
 
 
 def json_option(function: F) -> F:
@@ -67,9 +173,9 @@ def _parse_assignments(assignments: tuple[str, ...]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         key = key.strip()
         if not sep or not key or not key.isidentifier():
-            raise click.ClickException(f"malformed parameter {item!r}: expected KEY=VALUE")
+            raise click.ClickException(f"malformed parameter {shown(item)}: expected KEY=VALUE")
         if key in params:
-            raise click.ClickException(f"parameter {key!r} given twice")
+            raise click.ClickException(f"parameter {shown(key)} given twice")
         params[key] = value
     return params
 
@@ -78,7 +184,12 @@ def _parse_assignments(assignments: tuple[str, ...]) -> dict[str, str]:
 @click.argument("job")
 @click.argument("assignments", nargs=-1, metavar="KEY=VALUE...")
 @click.option("--wait", is_flag=True, help="Wait for the job to finish, showing progress.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds to wait.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    callback=_finite,
+    help="Seconds to wait.",
+)
 @json_option
 def submit(
     job: str, assignments: tuple[str, ...], wait: bool, timeout: float | None, as_json: bool
@@ -210,24 +321,30 @@ def dead_letters(limit: int, purge: bool, as_json: bool) -> None:
 
 @main.command("sample-csv")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("rows", type=click.IntRange(min=0))
+@click.argument("rows", type=click.IntRange(0, MAX_SAMPLE_ROWS))
 @click.option(
     "--bad",
     type=click.FloatRange(0, 1),
+    callback=_finite,
     default=0.0,
     show_default=True,
     help="Share of rows that are bad (several kinds).",
 )
-@click.option("--seed", type=int, default=1, show_default=True)
-def sample_csv(file: Path, rows: int, bad: float, seed: int) -> None:
-    """Write a sales CSV of ROWS realistic rows to FILE (relative to BATCHAPP_DATA_DIR)."""
-    from batchapp.sales_csv import write_sample
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=1, show_default=True)
+@click.option("--force", is_flag=True, help="Overwrite FILE even if it is not a sample CSV.")
+def sample_csv(file: Path, rows: int, bad: float, seed: int, force: bool) -> None:
+    """Write a sales CSV of ROWS realistic rows to FILE (relative to BATCHAPP_DATA_DIR).
+
+    An existing FILE is overwritten only if sample-csv wrote it (or with --force), and
+    batchapp's databases never are."""
+    from batchapp.sales_csv import check_sample_target, write_sample
 
     with _errors_as_one_line():
         from batchapp.celery import settings
 
         target = file if file.is_absolute() else settings.data_dir / file
-    stats = write_sample(target, rows, bad, seed)
+        check_sample_target(target, _database_files(settings), force=force)
+        stats = write_sample(target, rows, bad, seed)
     click.echo(f"wrote {target}: {stats.rows:,} rows, {stats.bad:,} bad")
 
 

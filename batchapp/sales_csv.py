@@ -4,34 +4,44 @@
     S-000000001,2026-11-24T13:05:09+09:00,SEOUL-03,SKU-0042,2,19.90
 
 - ``order_id``: 1-64 characters of letters, digits, ``-`` and ``_``; the unique key.
-- ``sold_at``: ISO 8601; a time without an offset is read in the configured timezone.
+- ``sold_at``: ISO 8601; a time without an offset is read in the configured timezone, and
+  must exist there (not in a daylight-saving gap).
 - ``store``, ``sku``: 1-32 characters.
-- ``quantity``: an integer from 1 to 1,000,000.
-- ``unit_price``: a decimal with at most 2 places, from 0 to 999,999,999.99.
+- ``quantity``: an integer from 1 to 1,000,000 (ASCII digits).
+- ``unit_price``: a decimal with at most 2 places, from 0 to 999,999,999.99 (ASCII digits).
 
 The header names the columns (any order, no extras). Fields may be quoted; a record may not
-span lines. A line that fails a check is rejected with its line number and the reason.
+span lines, nor hold a NUL. A line that fails a check is rejected with its line number and the
+reason; a check never raises, whatever the line holds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from batchapp.validate import shown
+
 COLUMNS = ("order_id", "sold_at", "store", "sku", "quantity", "unit_price")
 MAX_LINE_BYTES = 64 * 1024
 MAX_QUANTITY = 1_000_000
 RAW_KEEP = 200
+SHOWN_NAMES = 5
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _ORDER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
-_PRICE = re.compile(r"(\d{1,9})(?:\.(\d{1,2}))?\Z")
+# [0-9], not \d: \d also matches other scripts' digits ('١٢'), which quantity refuses too.
+_PRICE = re.compile(r"([0-9]{1,9})(?:\.([0-9]{1,2}))?\Z")
+_SAMPLE_FIRST_ROW = re.compile(rb"(S[0-9]*-[0-9]{9})?,")
 
 Row = tuple[Any, ...]
 """order_id, sold_at (UTC), sold_on (local day), store, sku, quantity, unit and total cents."""
@@ -49,7 +59,10 @@ def read_header(first_line: bytes) -> tuple[str, ...]:
         raise HeaderError("the header line is not valid UTF-8") from None
     if not text:
         raise HeaderError(f"the first line must be a header: {','.join(COLUMNS)}")
-    names = tuple(name.strip().lower() for name in next(csv.reader([text])))
+    try:
+        names = tuple(name.strip().lower() for name in next(csv.reader([text], strict=True)))
+    except csv.Error as exc:
+        raise HeaderError(f"the header line is not CSV: {exc}") from None
     missing = [name for name in COLUMNS if name not in names]
     extra = [name for name in names if name not in COLUMNS]
     duplicated = sorted({name for name in names if names.count(name) > 1})
@@ -57,12 +70,19 @@ def read_header(first_line: bytes) -> tuple[str, ...]:
     if missing:
         problems.append(f"missing column(s) {', '.join(missing)}")
     if extra:
-        problems.append(f"unknown column(s) {', '.join(repr(n) for n in extra)}")
+        problems.append(f"unknown column(s) {_some(extra)}")
     if duplicated:
-        problems.append(f"repeated column(s) {', '.join(duplicated)}")
+        problems.append(f"repeated column(s) {_some(duplicated)}")
     if problems:
         raise HeaderError(f"bad header: {'; '.join(problems)} (expected {','.join(COLUMNS)})")
     return names
+
+
+def _some(names: list[str]) -> str:
+    """The first few names, each cut short: a bad header can be a 64 KiB line of them."""
+    listed = ", ".join(shown(name, 40) for name in names[:SHOWN_NAMES])
+    more = len(names) - SHOWN_NAMES
+    return f"{listed} and {more:,} more" if more > 0 else listed
 
 
 @dataclass(frozen=True)
@@ -77,6 +97,9 @@ class RowParser:
     def __call__(self, line: str) -> Row | str:
         if not line:
             return "empty line"
+        if "\0" in line:
+            # PostgreSQL text cannot hold NUL, and no field has a use for one.
+            return f"NUL character at column {line.index(chr(0)) + 1}"
         if '"' in line:
             try:
                 fields = next(csv.reader([line], strict=True))
@@ -90,17 +113,27 @@ class RowParser:
 
         order_id = value["order_id"].strip()
         if not _ORDER_ID.match(order_id):
-            return f"order_id: expected 1-64 letters, digits, '-' or '_', got {order_id!r}"
+            return f"order_id: expected 1-64 letters, digits, '-' or '_', got {shown(order_id)}"
 
         sold_at_text = value["sold_at"].strip()
         try:
             sold_at = datetime.fromisoformat(sold_at_text)
         except ValueError:
-            return f"sold_at: not an ISO 8601 date and time: {sold_at_text!r}"
-        if sold_at.tzinfo is None:
-            sold_at = sold_at.replace(tzinfo=self.tz)
-        sold_on = sold_at.astimezone(self.tz).date()
-        sold_at_utc = sold_at.astimezone(UTC).replace(tzinfo=None)
+            return f"sold_at: not an ISO 8601 date and time: {shown(sold_at_text)}"
+        try:
+            if sold_at.tzinfo is None:
+                utc = sold_at.replace(tzinfo=self.tz).astimezone(UTC)
+                local = utc.astimezone(self.tz)
+                if local.replace(tzinfo=None) != sold_at:
+                    return f"sold_at: {sold_at_text!r} does not exist in {self.tz} (clocks skip it)"
+            else:
+                utc = sold_at.astimezone(UTC)
+                local = sold_at.astimezone(self.tz)
+        except OverflowError:
+            # Year 1 or 9999 with an offset: the moment lies outside what datetime can hold.
+            return f"sold_at: out of range (year 1 to 9999 in UTC and {self.tz}): {sold_at_text!r}"
+        sold_on = local.date()
+        sold_at_utc = utc.replace(tzinfo=None)
 
         store = value["store"].strip()
         if not 1 <= len(store) <= 32:
@@ -111,7 +144,9 @@ class RowParser:
 
         quantity_text = value["quantity"].strip()
         if not (quantity_text.isascii() and quantity_text.isdigit()):
-            return f"quantity: not a whole number: {quantity_text!r}"
+            return f"quantity: not a whole number: {shown(quantity_text)}"
+        if len(quantity_text) > 20:  # int() refuses 4,300+ digits with an exception
+            return f"quantity: must be between 1 and {MAX_QUANTITY:,}, got {shown(quantity_text)}"
         quantity = int(quantity_text)
         if not 1 <= quantity <= MAX_QUANTITY:
             return f"quantity: must be between 1 and {MAX_QUANTITY:,}, got {quantity:,}"
@@ -119,7 +154,7 @@ class RowParser:
         price_text = value["unit_price"].strip()
         price = _PRICE.match(price_text)
         if price is None:
-            return f"unit_price: expected a decimal with at most 2 places, got {price_text!r}"
+            return f"unit_price: expected a decimal with at most 2 places, got {shown(price_text)}"
         whole, fraction = price.groups()
         unit_cents = int(whole) * 100 + int((fraction or "0").ljust(2, "0"))
 
@@ -154,16 +189,63 @@ _BAD_ROWS: tuple[Callable[[int], str], ...] = (
 """Kinds of bad row the sample writer mixes in, one after another."""
 
 
+class SampleTargetError(ValueError):
+    """The sample writer will not write to that file."""
+
+
+def check_sample_target(path: Path, databases: Iterable[Path], *, force: bool) -> None:
+    """Refuse ``path`` if it is one of ``databases`` (or their side files) or any SQLite file;
+    refuse an existing file that the sample writer did not write, unless ``force``."""
+    real = path.resolve()
+    for database in databases:
+        database = database.resolve()
+        side_files = ("", "-wal", "-shm", "-journal", ".db", ".dat", ".dir", ".bak")
+        if real.parent == database.parent and real.name in {database.name + s for s in side_files}:
+            raise SampleTargetError(
+                f"{path} is one of batchapp's databases; it is never overwritten"
+            )
+    if not real.exists():
+        return
+    if not real.is_file():
+        raise SampleTargetError(f"{path} exists and is not a regular file")
+    with real.open("rb") as file:
+        head = file.read(len(SQLITE_MAGIC))
+        file.seek(0)
+        first, second = file.readline(MAX_LINE_BYTES), file.readline(MAX_LINE_BYTES)
+    if head == SQLITE_MAGIC:
+        raise SampleTargetError(f"{path} is an SQLite database; it is never overwritten")
+    written_here = first == (",".join(COLUMNS) + "\n").encode() and (
+        not second or _SAMPLE_FIRST_ROW.match(second) is not None
+    )
+    if not written_here and not force:
+        raise SampleTargetError(
+            f"{path} exists and is not a sample CSV; add --force to overwrite it"
+        )
+
+
 def write_sample(path: Path, rows: int, bad_fraction: float = 0.0, seed: int = 1) -> SampleStats:
     """Write ``rows`` data lines of realistic sales, about ``bad_fraction`` of them bad.
 
-    Order ids are ``S<seed>-<row>``: files written with the same seed share their ids.
+    Order ids are ``S<seed>-<row>``: files written with the same seed share their ids. The file
+    appears whole or not at all (written aside, then renamed over ``path``).
     """
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stats = _write_rows(partial, rows, bad_fraction, seed)
+        os.replace(partial, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        raise SampleTargetError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return stats
+
+
+def _write_rows(path: Path, rows: int, bad_fraction: float, seed: int) -> SampleStats:
     rng = random.Random(seed)
     start = datetime(2026, 10, 1, tzinfo=ZoneInfo("Asia/Seoul"))
     stores = [f"{city}-{n:02d}" for city in ("SEOUL", "BUSAN", "INCHEON") for n in range(1, 5)]
     bad = 0
-    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8", newline="") as out:
         out.write(",".join(COLUMNS) + "\n")
         batch: list[str] = []

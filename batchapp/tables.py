@@ -133,6 +133,8 @@ sales = Table(
     Column("unit_price_cents", BigInteger, nullable=False),
     Column("amount_cents", BigInteger, nullable=False),
     Column("job_id", String(32), nullable=False),
+    # The line of the file it came from (NULL for rows imported before this column existed).
+    Column("line", BigInteger),
 )
 
 sales_rejects = Table(
@@ -142,6 +144,8 @@ sales_rejects = Table(
     Column("line", BigInteger, primary_key=True),
     Column("reason", Text, nullable=False),
     Column("raw", Text, nullable=False),
+    # For an order_id repeated in one file: the line of its first occurrence.
+    Column("first_line", BigInteger),
 )
 
 sales_daily = Table(

@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 
+def shown(value: Any, keep: int = 60) -> str:
+    """A repr of ``value`` cut to about ``keep`` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= keep else f"{text[: keep - 3]}... ({len(text):,} characters)"
+
+
 def describe(value: Any) -> str:
     """``str '100'``: the type and a short repr, for error messages."""
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{type(value).__name__} {text}"
+    return f"{type(value).__name__} {shown(value)}"
 
 
 def require_int(

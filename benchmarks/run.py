@@ -375,7 +375,10 @@ def raw_sqlite_import(csv_path: Path, db_path: Path) -> float:
     connection = sqlite3.connect(db_path, isolation_level=None)
     connection.execute("PRAGMA journal_mode = WAL")
     connection.execute("PRAGMA synchronous = NORMAL")
-    insert = "INSERT INTO sales VALUES (?,?,?,?,?,?,?,?,?)"
+    insert = (
+        "INSERT INTO sales (order_id, sold_at, sold_on, store, sku, quantity, unit_price_cents, "
+        "amount_cents, job_id) VALUES (?,?,?,?,?,?,?,?,?)"
+    )
     start = time.perf_counter()
     with csv_path.open(newline="", encoding="utf-8") as file:
         reader = csv.reader(file)

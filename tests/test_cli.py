@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
+import click
 import pytest
+from click.testing import CliRunner, Result
 
+from batchapp.cli import _errors_as_one_line as errors_as_one_line
+from batchapp.cli import main
+from batchapp.db import engine_for
 from batchapp.processes import CeleryProcess
 from batchapp.sales_csv import write_sample
+from batchapp.tables import ensure_schema
 from tests.conftest import RUN_DATA_DIR, Stack, run_cli
 
 
@@ -37,6 +45,37 @@ def test_bad_input_is_one_line_and_a_failure(stack: Stack, args: list[str], mess
     assert message in line
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["submit", "parallel_sum", "n=--5"], "parallel_sum: n must be an integer, got '--5'"),
+        (
+            ["submit", "parallel_sum", "n=5", "chunk_size=--3"],
+            "parallel_sum: chunk_size must be an integer, got '--3'",
+        ),
+        (["submit", "parallel_sum", "n=" + "9" * 5_000], "n must be an integer, got '99999"),
+        (["submit", "parallel_sum", "n=\u0661\u0662"], "n must be an integer"),
+        (["submit", "parallel_sum", "n=5", "--timeout", "nan"], "expected a finite number"),
+        (["submit", "parallel_sum", "n=5", "--timeout", "0"], "Invalid value for '--timeout'"),
+        (["submit"], "Missing argument 'JOB'. (see batchapp submit --help)"),
+        (["jobs", "--limit", "many"], "'many' is not a valid integer"),
+        (["nosuch"], "No such command 'nosuch'"),
+        (["sample-csv", "s.csv", "2000000000"], "Invalid value for 'ROWS'"),
+        (["sample-csv", "s.csv", "10", "--bad", "nan"], "expected a finite number"),
+        (["sample-csv", "not-a-dir.csv/s.csv", "10"], "cannot write"),
+    ],
+)
+def test_every_argument_and_flag_fails_in_one_line(args: list[str], message: str) -> None:
+    (RUN_DATA_DIR / "not-a-dir.csv").write_text("a file, not a folder\n")
+    done = CliRunner().invoke(main, args, prog_name="batchapp")
+
+    [line] = done.stderr.strip().splitlines()
+    assert done.exit_code in (1, 2)
+    assert line.startswith("Error: ")
+    assert message in line
+    assert len(line) < 300
+
+
 def test_bad_setting_is_one_line(stack: Stack) -> None:
     done = run_cli("jobs", env={**stack.env, "BATCHAPP_TIMEZONE": "Nowhere/Land"})
 
@@ -47,12 +86,35 @@ def test_bad_setting_is_one_line(stack: Stack) -> None:
     ]
 
 
+def test_a_data_folder_that_cannot_be_made_is_one_line(stack: Stack) -> None:
+    blocker = RUN_DATA_DIR / "a-file"
+    blocker.write_text("not a folder\n")
+    done = run_cli("jobs", env={**stack.env, "BATCHAPP_DATA_DIR": str(blocker / "data")})
+
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"batchapp: BATCHAPP_DATA_DIR: cannot create {str(blocker / 'data')!r}: Not a directory"
+    ]
+
+
 def test_bad_csv_header_is_refused_at_submit(stack: Stack) -> None:
     (RUN_DATA_DIR / "cols.csv").write_text("order_id,sold_at,store\nS-1,2026-11-25,ST\n")
     done = run_cli("submit", "import_csv", "path=cols.csv", env=stack.env)
 
     assert done.returncode != 0
     assert "missing column(s) sku, quantity, unit_price" in done.stderr
+
+
+@pytest.mark.parametrize("names", [500, 20_000])
+def test_a_huge_bad_header_is_refused_in_one_short_line(names: int) -> None:
+    header = ",".join(f"column_number_{i}" for i in range(names))
+    (RUN_DATA_DIR / "wide.csv").write_text(header + "\nS-1\n")
+    done = CliRunner().invoke(main, ["submit", "import_csv", "path=wide.csv"])
+
+    [line] = done.stderr.strip().splitlines()
+    assert done.exit_code == 1
+    assert line.startswith("Error: import_csv: wide.csv: ")
+    assert len(header) > 8_000 and len(line) < 600
 
 
 def test_empty_csv_is_refused_at_submit(stack: Stack) -> None:
@@ -120,3 +182,107 @@ def test_sample_csv_writes_the_rows_it_says(stack: Stack) -> None:
     assert done.returncode == 0
     assert len(lines) == 501
     assert "500 rows" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("database_url", "message"),
+    [
+        (
+            "postgresql://postgres:s3cret@127.0.0.1:1/ledger",
+            "cannot use the database at postgresql://postgres:***@127.0.0.1:1/ledger: ",
+        ),
+        (
+            "postgresql://postgres@127.0.0.1:5432/batchapp_no_such_database",
+            'database "batchapp_no_such_database" does not exist',
+        ),
+        (
+            f"sqlite:///{RUN_DATA_DIR / 'not-a-dir.csv' / 'ledger.sqlite'}",
+            f"cannot use the database at sqlite:///{RUN_DATA_DIR / 'not-a-dir.csv'}/ledger.sqlite",
+        ),
+    ],
+)
+def test_a_database_that_fails_is_named_in_one_line(
+    stack: Stack, database_url: str, message: str
+) -> None:
+    (RUN_DATA_DIR / "not-a-dir.csv").write_text("a file, not a folder\n")
+    done = run_cli("jobs", env={**stack.env, "BATCHAPP_DATABASE_URL": database_url})
+
+    [line] = done.stderr.strip().splitlines()
+    assert done.returncode == 1
+    assert line.startswith("Error: ")
+    assert message in line
+    assert "s3cret" not in line and "broker" not in line
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), "cannot reach the broker at amqp://"),
+        (
+            FileExistsError(17, "File exists", str(RUN_DATA_DIR)),
+            f"cannot use the database at sqlite:///{RUN_DATA_DIR / 'caller.sqlite'}: ",
+        ),
+        (
+            PermissionError(13, "Permission denied", "/srv/sales.csv"),
+            "cannot access /srv/sales.csv: Permission denied",
+        ),
+    ],
+)
+def test_an_os_error_blames_what_it_names(error: OSError, message: str) -> None:
+    with pytest.raises(click.ClickException) as raised, errors_as_one_line():
+        raise error
+
+    assert raised.value.message.startswith(message)
+    assert "guest:guest" not in raised.value.message
+
+
+def sample_csv(*args: str) -> Result:
+    return CliRunner().invoke(main, ["sample-csv", *args], prog_name="batchapp")
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_sample_csv_never_overwrites_the_ledger_even_when_forced() -> None:
+    ledger_file = RUN_DATA_DIR / "caller.sqlite"  # this process's BATCHAPP_DATABASE_URL
+    ensure_schema(engine_for(f"sqlite:///{ledger_file}"))
+    before = digest(ledger_file)
+    wal = RUN_DATA_DIR / "caller.sqlite-wal"
+
+    refused = [
+        (ledger_file, sample_csv(ledger_file.name, "3")),
+        (ledger_file, sample_csv(str(ledger_file), "3", "--force")),
+        (wal, sample_csv(wal.name, "3", "--force")),
+    ]
+
+    assert digest(ledger_file) == before
+    for path, done in refused:
+        assert done.exit_code == 1
+        assert done.stderr.strip().splitlines() == [
+            f"Error: {path} is one of batchapp's databases; it is never overwritten"
+        ]
+
+
+def test_sample_csv_overwrites_only_its_own_files_unless_forced() -> None:
+    notes = RUN_DATA_DIR / "notes.csv"
+    notes.write_text("my own notes\n")
+    other_db = RUN_DATA_DIR / "other.db"
+    other_db.write_bytes(b"SQLite format 3\x00" + b"\x00" * 100)
+
+    refused = sample_csv("notes.csv", "3")
+    kept = notes.read_text()
+    forced = sample_csv("notes.csv", "3", "--force")
+    again = sample_csv("notes.csv", "5")
+    database = sample_csv("other.db", "3", "--force")
+
+    assert refused.exit_code == 1
+    assert refused.stderr.strip().splitlines() == [
+        f"Error: {notes} exists and is not a sample CSV; add --force to overwrite it"
+    ]
+    assert kept == "my own notes\n"
+    assert forced.exit_code == 0 and again.exit_code == 0
+    assert len(notes.read_text().splitlines()) == 6
+    assert database.exit_code == 1
+    assert "is an SQLite database; it is never overwritten" in database.stderr
+    assert other_db.read_bytes().startswith(b"SQLite format 3\x00")

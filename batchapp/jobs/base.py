@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine
 
 from batchapp import queues
+from batchapp.validate import shown
 
 if TYPE_CHECKING:
     # Only for annotations: the settings module pulls in Celery, which the ledger never needs.
@@ -19,6 +21,9 @@ if TYPE_CHECKING:
 
 JSON = Any
 MAX_CHUNKS = 10_000
+
+_INT_TEXT = re.compile(r"[+-]?[0-9]+(?:_[0-9]+)*")
+_MAX_INT_TEXT = 40
 
 
 class ParamError(ValueError):
@@ -117,9 +122,10 @@ def int_param(
     if value is None:
         raise ParamError(f"{job}: missing parameter {name} (an integer)")
     if isinstance(value, str):
-        text = value.strip().replace("_", "")
-        if not (text.isascii() and text.lstrip("-").isdigit()):
-            raise ParamError(f"{job}: {name} must be an integer, got {value!r}")
+        text = value.strip()
+        # Plain decimal text only: int() itself raises on '--5' and on 5,000 digits.
+        if len(text) > _MAX_INT_TEXT or not _INT_TEXT.fullmatch(text):
+            raise ParamError(f"{job}: {name} must be an integer, got {shown(value)}")
         value = int(text)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ParamError(f"{job}: {name} must be an integer, got {type(value).__name__}")
@@ -135,5 +141,5 @@ def str_param(job: str, raw: Mapping[str, Any], name: str) -> str:
     if value is None:
         raise ParamError(f"{job}: missing parameter {name}")
     if not isinstance(value, str) or not value.strip():
-        raise ParamError(f"{job}: {name} must be a non-empty string, got {value!r}")
+        raise ParamError(f"{job}: {name} must be a non-empty string, got {shown(value)}")
     return value.strip()

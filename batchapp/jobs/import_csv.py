@@ -2,14 +2,20 @@
 
 Submitting scans the file once for line boundaries (constant memory) and plans chunks of
 ``chunk_rows`` lines by byte offset, so a worker reads only its own slice. Good rows land in
-``sales`` (a repeated ``order_id`` is skipped, so re-importing adds nothing); bad rows land in
-``sales_rejects`` with their line number and reason.
+``sales`` with their line number (an ``order_id`` already there from an earlier import is
+skipped, so re-importing adds nothing); bad rows land in ``sales_rejects`` with their line
+number and reason.
+
+An ``order_id`` may appear once in a file. Chunks commit in any order, so the row that holds an
+id in ``sales`` is always the earliest line committed so far: a chunk that brings an earlier
+line takes the id over, and every later line of it is rejected naming the earliest. Whatever
+the order, the file's first occurrence wins and the counts come out the same.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -32,8 +38,12 @@ from batchapp.jobs.base import (
 )
 from batchapp.sales_csv import MAX_LINE_BYTES, RAW_KEEP, HeaderError, RowParser, read_header
 from batchapp.tables import sales, sales_rejects
+from batchapp.validate import shown
 
 SCAN_BLOCK = 1 << 20
+HOLDER_BATCH = 2_000
+# A prepared row's columns, then the job id appended at commit (one tuple built per row).
+_PREPARED_SALES_COLUMNS = (*(c.name for c in sales.columns if c.name != "job_id"), "job_id")
 
 
 class FileChanged(RuntimeError):
@@ -50,25 +60,39 @@ def resolve_data_path(data_dir: Path, name: str) -> Path:
         real = candidate.resolve(strict=True)
     except FileNotFoundError:
         raise ParamError(
-            f"import_csv: file not found: {name!r} (paths are relative to BATCHAPP_DATA_DIR {root})"
+            f"import_csv: file not found: {shown(name)} "
+            f"(paths are relative to BATCHAPP_DATA_DIR {root})"
         ) from None
     except (OSError, RuntimeError) as exc:
-        raise ParamError(f"import_csv: cannot resolve {name!r}: {exc}") from None
+        raise ParamError(f"import_csv: cannot resolve {shown(name)}: {exc}") from None
     if not real.is_relative_to(root):
         raise ParamError(
-            f"import_csv: {name!r} is outside BATCHAPP_DATA_DIR ({root}); "
+            f"import_csv: {shown(name)} is outside BATCHAPP_DATA_DIR ({root}); "
             "only files inside it can be imported"
         )
     if not real.is_file():
-        raise ParamError(f"import_csv: {name!r} is not a regular file")
+        raise ParamError(f"import_csv: {shown(name)} is not a regular file")
     return real
 
 
 @dataclass(frozen=True)
 class Prepared:
     rows: list[tuple[Any, ...]]
+    """The sales columns, each row ending with its line number."""
     rejects: list[tuple[int, str, str]]
     """(line, reason, the line's start)"""
+
+
+@dataclass
+class Repeats:
+    """What a chunk found out about order ids that occur on more than one line of the file."""
+
+    rejects: list[tuple[int, str, str, int]]
+    """(line, reason, the row, the id's first line), for the rejects table"""
+    own: int = 0
+    """this chunk's lines rejected as repeats of an earlier line"""
+    taken_over: int = 0
+    """other chunks' lines, imported before, now rejected as repeats of this chunk's line"""
 
 
 class ImportCsv(Job):
@@ -83,11 +107,18 @@ class ImportCsv(Job):
         chunk_rows = int_param(
             self.name, raw, "chunk_rows", default=20_000, minimum=1, maximum=1_000_000
         )
-        stat = path.stat()
-        with path.open("rb") as file:
-            header = file.readline(MAX_LINE_BYTES + 1)
+        try:
+            stat = path.stat()
+            with path.open("rb") as file:
+                header = file.readline(MAX_LINE_BYTES + 1)
+        except OSError as exc:
+            raise ParamError(f"import_csv: cannot read {path.name}: {exc.strerror}") from None
         if not header:
             raise ParamError(f"import_csv: {path.name} is empty (expected a header line)")
+        if len(header) > MAX_LINE_BYTES:
+            raise ParamError(
+                f"import_csv: {path.name}: the header line is longer than {MAX_LINE_BYTES:,} bytes"
+            )
         try:
             columns = read_header(header)
         except HeaderError as exc:
@@ -161,26 +192,33 @@ class ImportCsv(Job):
                     continue
                 parsed = parse(text)
                 if isinstance(parsed, str):
-                    rejects.append((number, parsed, text[:RAW_KEEP]))
+                    rejects.append((number, parsed, _storable(text[:RAW_KEEP])))
                 else:
-                    rows.append(parsed)
+                    rows.append((*parsed, number))
         return Prepared(rows=rows, rejects=rejects)
 
     def commit(self, connection: Connection, chunk: Chunk, ctx: JobContext) -> ChunkOutcome:
         prepared: Prepared = chunk.prepared
+        job_id = chunk.job_id
         new = 0
+        repeats = Repeats(rejects=[])
         if prepared.rows:
-            rows = [(*row, chunk.job_id) for row in prepared.rows]
-            result = connection.exec_driver_sql(_insert_sql(connection, sales, "order_id"), rows)
+            rows = [(*row, job_id) for row in prepared.rows]
+            insert = _insert_sql(connection, sales, "order_id", _PREPARED_SALES_COLUMNS)
+            result = connection.exec_driver_sql(insert, rows)
             new = max(result.rowcount, 0)
-        if prepared.rejects:
-            rejects = [(chunk.job_id, *reject) for reject in prepared.rejects]
+            if new < len(rows):  # some ids were there already: from this file, or from before
+                repeats = _settle_repeats(connection, job_id, prepared.rows)
+        rejects: list[tuple[Any, ...]] = [(job_id, *r, None) for r in prepared.rejects]
+        rejects += [(job_id, *reject) for reject in repeats.rejects]
+        if rejects:
             connection.exec_driver_sql(_insert_sql(connection, sales_rejects, None), rejects)
-        valid = len(prepared.rows)
+        imported = len(prepared.rows) - repeats.own - repeats.taken_over
+        rejected = len(prepared.rejects) + repeats.own + repeats.taken_over
         return ChunkOutcome(
-            items_done=valid,
-            items_failed=len(prepared.rejects),
-            output={"imported": valid, "rejected": len(prepared.rejects), "new": new},
+            items_done=imported,
+            items_failed=rejected,
+            output={"imported": imported, "rejected": rejected, "new": new},
         )
 
     def reduce(self, params: dict[str, JSON], outputs: list[JSON]) -> JSON:
@@ -223,8 +261,96 @@ def _lines(file: BinaryIO, first: int, count: int) -> Iterator[tuple[int, bytes 
             yield number, raw
 
 
+def _settle_repeats(
+    connection: Connection, job_id: str, rows: Sequence[tuple[Any, ...]]
+) -> Repeats:
+    """Reject this chunk's lines whose id an earlier line of the file holds; take over the ids
+    that a later line holds (rejecting that line instead). Runs only when an insert conflicted."""
+    holders = _holders(connection, job_id, [row[0] for row in rows])
+    repeats = Repeats(rejects=[])
+    for row in rows:  # in line order, so an id repeated within the chunk keeps its first line
+        order_id, line = row[0], row[-1]
+        holder = holders.get(order_id)
+        if holder is None or holder.line == line:
+            continue  # an earlier import's row (a duplicate), or this very row
+        if holder.line < line:
+            repeats.rejects.append(
+                (line, _repeat_reason(order_id, holder.line), _row_text(row), holder.line)
+            )
+            repeats.own += 1
+            continue
+        _take_over(connection, job_id, row, holder.line)
+        repeats.rejects.append(
+            (holder.line, _repeat_reason(order_id, line), _row_text(holder), line)
+        )
+        repeats.taken_over += 1
+        holders[order_id] = _Holder((*row[:-1], job_id, line))
+    return repeats
+
+
+class _Holder(tuple[Any, ...]):
+    """A sales row as selected: the columns in table order."""
+
+    @property
+    def line(self) -> int:
+        return int(self[-1])
+
+
+def _holders(connection: Connection, job_id: str, order_ids: list[str]) -> dict[str, _Holder]:
+    """This job's sales rows holding these ids, locked on PostgreSQL until the chunk commits
+    (rows of earlier imports only make duplicates, so they are not read: a re-import stays fast)."""
+    marker = placeholder(connection)
+    columns = ", ".join(column.name for column in sales.columns)
+    lock = " FOR UPDATE" if connection.dialect.name == "postgresql" else ""
+    found: dict[str, _Holder] = {}
+    for start in range(0, len(order_ids), HOLDER_BATCH):
+        batch = sorted(set(order_ids[start : start + HOLDER_BATCH]))
+        markers = ", ".join(marker for _ in batch)
+        # Sorted ids, so two chunks lock shared rows in the same order.
+        sql = (
+            f"SELECT {columns} FROM {sales.name} "
+            f"WHERE job_id = {marker} AND order_id IN ({markers}) ORDER BY order_id{lock}"
+        )
+        for selected in connection.exec_driver_sql(sql, (job_id, *batch)):
+            found[selected[0]] = _Holder(selected)
+    return found
+
+
+def _take_over(connection: Connection, job_id: str, row: tuple[Any, ...], line: int) -> None:
+    """Put ``row`` (an earlier line) in place of the id's row from ``line``, and re-point the
+    rejects that named ``line`` as the id's first occurrence."""
+    marker = placeholder(connection)
+    content = [column.name for column in sales.columns][1:]
+    assignments = ", ".join(f"{name} = {marker}" for name in content)
+    connection.exec_driver_sql(
+        f"UPDATE {sales.name} SET {assignments} WHERE order_id = {marker}",
+        (*row[1:-1], job_id, row[-1], row[0]),
+    )
+    connection.exec_driver_sql(
+        f"UPDATE {sales_rejects.name} SET reason = {marker}, first_line = {marker} "
+        f"WHERE job_id = {marker} AND first_line = {marker}",
+        (_repeat_reason(row[0], row[-1]), row[-1], job_id, line),
+    )
+
+
+def _repeat_reason(order_id: str, first_line: int) -> str:
+    return f"order_id {order_id!r} repeats line {first_line} (a file may hold an order_id once)"
+
+
+def _row_text(row: Sequence[Any]) -> str:
+    """A sales row as CSV (the columns as stored, sold_at in UTC), for a repeat's reject."""
+    order_id, sold_at, _sold_on, store, sku, quantity, unit_cents = row[:7]
+    price = f"{unit_cents // 100}.{unit_cents % 100:02d}"
+    return _storable(f"{order_id},{sold_at},{store},{sku},{quantity},{price}"[:RAW_KEEP])
+
+
+def _storable(text: str) -> str:
+    """Text PostgreSQL can store: NUL becomes U+FFFD, as undecodable bytes do."""
+    return text.replace("\0", "\ufffd")
+
+
 def _keep(raw: bytes) -> str:
-    return raw[:RAW_KEEP].decode("utf-8", errors="replace").rstrip("\r\n")
+    return _storable(raw[:RAW_KEEP].decode("utf-8", errors="replace").rstrip("\r\n"))
 
 
 def _sqlite_datetime(value: datetime) -> str:
@@ -235,10 +361,15 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _insert_sql(connection: Connection, table: Any, key: str | None) -> str:
+def _insert_sql(
+    connection: Connection, table: Any, key: str | None, names: Sequence[str] | None = None
+) -> str:
     """A plain positional INSERT for DB-API executemany: no per-row SQLAlchemy work."""
     marker = placeholder(connection)
-    columns = ", ".join(column.name for column in table.columns)
-    values = ", ".join(marker for _ in table.columns)
+    names = names or [column.name for column in table.columns]
+    values = ", ".join(marker for _ in names)
     target = f"({key})" if key else ""
-    return f"INSERT INTO {table.name} ({columns}) VALUES ({values}) ON CONFLICT {target} DO NOTHING"
+    return (
+        f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({values}) "
+        f"ON CONFLICT {target} DO NOTHING"
+    )
