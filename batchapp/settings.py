@@ -189,6 +189,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Retry the broker at start and after a drop instead of exiting (Celery 6 default).
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
+        # A channel error while the consumer (re)connects is retried, not fatal: after a
+        # failover the departing node may still hold the worker's exclusive control queue for
+        # a moment, and RESOURCE_LOCKED used to end the worker ("Unrecoverable error").
+        "broker_channel_error_retry": True,
         "result_backend": settings.result_backend,
         # 'db' URLs get batchapp's backend: WAL, one upsert per result, fast polling get().
         "override_backends": {"db": "batchapp.results:DatabaseBackend"},
@@ -219,6 +223,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_track_started": False,
         # Keep our logging config.
         "worker_hijack_root_logger": False,
+        # Celery's consumer, but failing over to another broker node without a 17 s stall.
+        "worker_consumer": "batchapp.consumer:Consumer",
         # Task events cost ~1 ms a task (three publishes); Flower switches them on when it runs,
         # and `celery -A batchapp worker -E` does too.
         "worker_send_task_events": False,
