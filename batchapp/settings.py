@@ -20,12 +20,19 @@ from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from batchapp import routing
 from batchapp.schedule import beat_schedule
 
 PREFIX = "BATCHAPP_"
 BROKER_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "filesystem", "memory", "redis", "rediss"})
 RESULT_SCHEMES = frozenset({"rpc", "redis", "rediss", "disabled"})
 DATABASE_DIALECTS = frozenset({"sqlite", "postgresql"})
+
+# Quorum by default: RabbitMQ applies prefetch per consumer to them, so a chunk backlog can
+# never take a call's or a tick's place on a worker; countdowns wait on the broker (native
+# delayed delivery), not in a worker; the broker caps a poison chunk's deliveries; and a
+# queue survives losing a node of a cluster. Classic is for brokers older than RabbitMQ 3.10.
+QUEUE_TYPE_DEFAULT = "quorum"
 
 T = TypeVar("T")
 
@@ -49,6 +56,7 @@ class Settings:
     prefetch_multiplier: int
     # A chunk delivered this many times without finishing (its process died each time) fails.
     max_deliveries: int
+    queue_type: str
 
     @property
     def broker_is_filesystem(self) -> bool:
@@ -93,6 +101,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         beat_interval=env.get("BEAT_INTERVAL", _positive(float), 60.0),
         prefetch_multiplier=env.get("PREFETCH_MULTIPLIER", _positive(int), 1),
         max_deliveries=env.get("MAX_DELIVERIES", _positive(int), 3),
+        queue_type=env.get("QUEUE_TYPE", _queue_type, QUEUE_TYPE_DEFAULT),
     )
 
 
@@ -170,6 +179,12 @@ def _database_url(url: str) -> str:
     return url
 
 
+def _queue_type(name: str) -> str:
+    if name not in routing.QUEUE_TYPES:
+        raise ValueError(f"expected one of {', '.join(routing.QUEUE_TYPES)}, got {name!r}")
+    return name
+
+
 def _timezone(name: str) -> str:
     try:
         zoneinfo.ZoneInfo(name)
@@ -228,11 +243,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Task events cost ~1 ms a task (three publishes); Flower switches them on when it runs,
         # and `celery -A batchapp worker -E` does too.
         "worker_send_task_events": False,
-        "beat_schedule": beat_schedule(settings.beat_interval),
+        "beat_schedule": routing.ticks_on_periodic(beat_schedule(settings.beat_interval)),
         "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
         # Save beat's state after every send: a beat killed and restarted won't resend a tick.
         "beat_sync_every": 1,
         "imports": [],
+        **routing.celery_routing(settings.queue_type, settings.max_deliveries),
     }
     if settings.broker_is_filesystem:
         broker_dir = settings.data_dir / "broker"

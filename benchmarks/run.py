@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from batchapp import processes
+from batchapp.queues import CHUNKS
 from batchapp.sales_csv import write_sample
 from batchapp.tables import metadata
 from batchapp.testing import rabbitmq_vhost
@@ -832,7 +833,7 @@ def client_submit(params: JSONDict) -> JSONDict:
     view = submit_job("parallel_sum", {"n": params["items"], "chunk_size": params["chunk_size"]})
     submit_ms = (time.perf_counter() - start) * 1000
     with app.connection_for_write() as connection:
-        _, messages, _ = connection.default_channel.queue_declare(queue="celery", passive=True)
+        _, messages, _ = connection.default_channel.queue_declare(queue=CHUNKS, passive=True)
     app.control.purge()
     return {"chunks": view.chunks_total, "messages": messages, "submit_ms": submit_ms}
 
