@@ -2,7 +2,8 @@
 
     batchapp submit parallel_sum n=1000000 chunk_size=10000 --wait
     batchapp submit import_csv path=sales.csv --wait --json
-    batchapp status ID | batchapp jobs | batchapp retry ID | batchapp schedule
+    batchapp status ID | batchapp jobs | batchapp retry ID | batchapp cancel ID
+    batchapp schedule
     batchapp sample-csv sales.csv 100000 --bad 0.01
     batchapp demo
 
@@ -144,6 +145,18 @@ def retry(job_id: str, as_json: bool) -> None:
         click.echo(json.dumps({"id": job_id, "republished": indexes}))
     else:
         click.echo(f"job {job_id}: republished {len(indexes)} chunk(s)")
+
+
+@main.command()
+@click.argument("job_id")
+@json_option
+def cancel(job_id: str, as_json: bool) -> None:
+    """Stop a running job: chunks not yet run never run; `batchapp retry ID` runs them later."""
+    with _errors_as_one_line():
+        from batchapp.tasks import cancel_job, job_context
+
+        view = cancel_job(job_id)
+    display.print_job(view, job_context().tz, as_json=as_json)
 
 
 @main.command()

@@ -44,6 +44,7 @@ def job_json(view: JobView, tz: ZoneInfo) -> dict[str, Any]:
             "total": view.chunks_total,
             "done": view.chunks_done,
             "failed": view.chunks_failed,
+            "cancelled": view.chunks_cancelled,
         },
         "items": {"done": view.items_done, "failed": view.items_failed},
         "created_at": _iso(view.created_at, tz),
@@ -60,8 +61,10 @@ def print_job(view: JobView, tz: ZoneInfo, *, as_json: bool = False) -> None:
     params = " ".join(f"{k}={v}" for k, v in view.params.items() if k not in HIDDEN_PARAMS)
     click.echo(f"job {view.id}  {view.name}  {view.status}")
     click.echo(f"  params   {params or '-'}")
+    cancelled = f", {view.chunks_cancelled} cancelled" if view.chunks_cancelled else ""
     click.echo(
         f"  chunks   {view.chunks_done}/{view.chunks_total} done, {view.chunks_failed} failed"
+        f"{cancelled}"
     )
     click.echo(f"  items    {view.items_done:,} done, {view.items_failed:,} failed")
     if view.result is not None:
@@ -85,12 +88,21 @@ def print_jobs(views: Sequence[JobView], tz: ZoneInfo) -> None:
                 v.id,
                 v.name,
                 v.status,
-                chunks + (f" ({v.chunks_failed} failed)" if v.chunks_failed else ""),
+                chunks + _chunk_note(v),
                 items + (f" (+{v.items_failed:,} bad)" if v.items_failed else ""),
                 local_time(v.created_at, tz),
             )
         )
     table(("ID", "JOB", "STATUS", "CHUNKS", "ITEMS", f"CREATED ({tz.key})"), rows)
+
+
+def _chunk_note(view: JobView) -> str:
+    notes = [
+        f"{count} {what}"
+        for count, what in ((view.chunks_failed, "failed"), (view.chunks_cancelled, "cancelled"))
+        if count
+    ]
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def schedule_entries(app: Any, tz: ZoneInfo) -> list[dict[str, Any]]:

@@ -26,6 +26,12 @@ def beat_schedule(interval_s: float) -> dict[str, dict[str, Any]]:
             "args": ("report",),
             "options": {"expires": interval_s},
         },
+        # Finishes or restarts jobs that lost their messages (see ledger.reconcile).
+        "reconcile": {
+            "task": "batchapp.tasks.reconcile",
+            "schedule": every,
+            "options": {"expires": interval_s},
+        },
         "cleanup": {
             "task": "batchapp.tasks.run_periodic",
             "schedule": crontab(minute="17"),

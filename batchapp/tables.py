@@ -6,6 +6,9 @@ which :func:`ensure_schema` adds in place, so upgrading never loses data.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -21,12 +24,41 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
     inspect,
     text,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DatabaseError
+from sqlalchemy.types import TypeEngine
 
 from batchapp.db import write_transaction
+
+
+class ExactJSON(TypeDecorator[Any]):
+    """JSON whose integers come back exact on SQLite too.
+
+    A column declared JSON has numeric affinity on SQLite, which turns the text of an integer
+    past 64 bits into a REAL. A BLOB is never converted, so on SQLite the JSON text is bound
+    as bytes; numbers an older version stored as INTEGER or REAL are read as they are.
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        return dialect.type_descriptor(Text() if dialect.name == "sqlite" else JSON())
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if dialect.name != "sqlite" or value is None:
+            return value
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite" and isinstance(value, bytes | str):
+            return json.loads(value)
+        return value
+
 
 metadata = MetaData()
 
@@ -35,22 +67,26 @@ jobs = Table(
     metadata,
     Column("id", String(32), primary_key=True),
     Column("name", String(64), nullable=False),
-    Column("params", JSON, nullable=False),
-    # running -> succeeded | failed; a periodic run that found its previous run going: skipped
+    Column("params", ExactJSON, nullable=False),
+    # The legal states and transitions are in batchapp/ledger/states.py.
     Column("status", String(16), nullable=False),
     Column("chunks_total", Integer, nullable=False),
     Column("chunks_done", Integer, nullable=False, default=0),
     Column("chunks_failed", Integer, nullable=False, default=0),
     Column("items_done", BigInteger, nullable=False, default=0),
     Column("items_failed", BigInteger, nullable=False, default=0),
-    Column("result", JSON),
+    Column("result", ExactJSON),
     Column("error", Text),
+    # A periodic run that must not overlap another run of its job (it holds batch_locks).
+    Column("exclusive", Boolean),
     # Timestamps are naive UTC; the CLI shows them in the configured timezone.
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
     Column("finished_at", DateTime),
     Index("ix_batch_jobs_created_at", "created_at"),
     Index("ix_batch_jobs_name_status", "name", "status"),
+    # The reconciler looks for running jobs that stopped changing.
+    Index("ix_batch_jobs_status_updated_at", "status", "updated_at"),
 )
 
 chunks = Table(
@@ -58,17 +94,21 @@ chunks = Table(
     metadata,
     Column("job_id", String(32), primary_key=True),
     Column("idx", Integer, primary_key=True),
-    Column("spec", JSON, nullable=False),
-    # pending -> done | failed; a failed chunk goes back to pending on retry
+    Column("spec", ExactJSON, nullable=False),
+    # The legal states and transitions are in batchapp/ledger/states.py.
     Column("status", String(16), nullable=False),
     Column("attempts", Integer, nullable=False, default=0),
     # The broker delivered this chunk again (its worker died or lost its connection).
     Column("redelivered", Boolean, nullable=False, default=False),
+    # Deliveries seen, counted only on redeliveries (NULL: delivered once at most).
+    Column("deliveries", Integer),
     Column("items_done", BigInteger, nullable=False, default=0),
     Column("items_failed", BigInteger, nullable=False, default=0),
-    Column("output", JSON),
+    Column("output", ExactJSON),
     Column("error", Text),
     Column("finished_at", DateTime),
+    # Covers the per-status counts a job's totals are derived from, without reading the rows.
+    Index("ix_batch_chunks_job_status", "job_id", "status", "items_done", "items_failed"),
 )
 
 locks = Table(
@@ -129,6 +169,7 @@ def ensure_schema(engine: Engine) -> None:
             with write_transaction(engine) as connection:
                 metadata.create_all(connection)
                 _add_missing_columns(connection)
+                _add_missing_indexes(connection)
             break
         except DatabaseError:
             # Another process created the same table between our check and our CREATE.
@@ -157,3 +198,12 @@ def _add_missing_columns(connection: Connection) -> None:
                     f"{column.type.compile(connection.dialect)}"
                 )
             )
+
+
+def _add_missing_indexes(connection: Connection) -> None:
+    inspector = inspect(connection)
+    for table in metadata.tables.values():
+        existing = {index["name"] for index in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in existing:
+                index.create(connection)

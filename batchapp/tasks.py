@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from functools import cache
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from amqp.exceptions import AMQPError
 from celery import Task
+from celery.signals import worker_init, worker_process_init
 from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy import create_engine
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.pool import NullPool
 
-from batchapp import ledger
+from batchapp import ledger, queues
 from batchapp.celery import app, settings
-from batchapp.db import engine_for
-from batchapp.jobs import JobContext, ParamError
+from batchapp.db import configure_engine, engine_for
+from batchapp.jobs import JOBS, JobContext, ParamError, get_job
 from batchapp.publishing import BatchappTask, publish_batch
 from batchapp.sums import MAX_N, sum_to
 from batchapp.validate import require_int, require_str
@@ -23,16 +31,56 @@ from batchapp.validate import require_int, require_str
 TRANSIENT_ERRORS = (OperationalError, InterfaceError)
 # What can go wrong with a batch publish that a one-by-one publish with retries may survive.
 BATCH_ERRORS = (KombuOperationalError, AMQPError, OSError, TimeoutError)
+# Recording a chunk's failure is tried this often (backing off from 0.2 s) before it is left
+# to the reconciler.
+RECORD_ATTEMPTS = 5
+
+logger = logging.getLogger(__name__)
+
+_context: JobContext | None = None
+_context_pid = 0
+_worker_main_pid = 0
 
 
-@cache
 def job_context() -> JobContext:
-    """This process's view of the batchapp database (engines are per process; see db.py)."""
+    """This process's view of the batchapp database, made in this process, never inherited."""
+    global _context, _context_pid
+    if _context is None or _context_pid != os.getpid():
+        _context = _new_context(engine_for(settings.database_url))
+        _context_pid = os.getpid()
+    return _context
+
+
+def _new_context(engine: Any) -> JobContext:
     return JobContext(
-        settings=settings,
-        engine=engine_for(settings.database_url),
-        expire_results=lambda: app.backend.cleanup(),
+        settings=settings, engine=engine, expire_results=lambda: app.backend.cleanup()
     )
+
+
+@worker_init.connect
+def _note_worker_main_process(**_: Any) -> None:
+    global _worker_main_pid
+    _worker_main_pid = os.getpid()
+
+
+@worker_process_init.connect
+def _open_ledger_in_pool_process(**_: Any) -> None:
+    job_context()
+
+
+@contextmanager
+def _ledger_here() -> Iterator[JobContext]:
+    """The ledger for this process. The worker's main process forks pool processes, so it
+    keeps no pooled connection: it gets an engine without a pool, disposed after use."""
+    if os.getpid() != _worker_main_pid:
+        yield job_context()
+        return
+    engine = create_engine(settings.database_url, poolclass=NullPool)
+    configure_engine(engine)
+    try:
+        yield _new_context(engine)
+    finally:
+        engine.dispose()
 
 
 @app.task(name="batchapp.tasks.calculate_sum", ignore_result=False, throws=(TypeError, ValueError))
@@ -54,9 +102,29 @@ class ChunkTask(BatchappTask):
     ) -> None:
         job_id, index = [*args, kwargs.get("job_id"), kwargs.get("index")][:2]
         if isinstance(job_id, str) and isinstance(index, int):
-            ledger.record_chunk_failure(
-                job_context(), job_id, index, exc, redelivered=_redelivered(self.request)
-            )
+            record_failure(job_id, index, exc, redelivered=_redelivered(self.request))
+
+
+def record_failure(job_id: str, index: int, exc: BaseException, *, redelivered: bool) -> None:
+    """Record a chunk's failure, retrying a busy or unreachable database; if it stays so, the
+    reconciler finishes the job later. Runs in the worker's main process for a hard time limit."""
+    for attempt in range(RECORD_ATTEMPTS):
+        try:
+            with _ledger_here() as ctx:
+                ledger.record_chunk_failure(ctx, job_id, index, exc, redelivered=redelivered)
+            return
+        except TRANSIENT_ERRORS as error:
+            if attempt == RECORD_ATTEMPTS - 1:
+                logger.error(
+                    "job %s chunk %s: could not record its failure (%r): %s; "
+                    "the reconciler will finish the job",
+                    job_id,
+                    index,
+                    exc,
+                    error,
+                )
+                return
+            time.sleep(0.2 * 2**attempt)
 
 
 @app.task(
@@ -72,7 +140,24 @@ def run_chunk(self: Task, job_id: str, index: int) -> str:
     """Run one chunk of a batch job and record it in the ledger."""
     require_str("run_chunk", "job_id", job_id)
     require_int("run_chunk", "index", index, minimum=0)
-    return ledger.run_chunk(job_context(), job_id, index, redelivered=_redelivered(self.request))
+    try:
+        return ledger.run_chunk(
+            job_context(),
+            job_id,
+            index,
+            redelivered=_redelivered(self.request),
+            delivery=_delivery(self.request),
+        )
+    except ledger.UnknownJobError as exc:
+        # Most likely the caller and this worker use different ledgers.
+        where = make_url(settings.database_url).render_as_string(hide_password=True)
+        logger.error(
+            "%s at %s (do caller and worker share BATCHAPP_DATABASE_URL? was the job removed "
+            "by cleanup?); dropped",
+            exc,
+            where,
+        )
+        return f"{exc} at {where}; dropped"
 
 
 @app.task(name="batchapp.tasks.run_periodic", throws=(ParamError,))
@@ -83,12 +168,24 @@ def run_periodic(job_name: str, **params: Any) -> str:
     return f"{view.name} {view.id}: {view.status}"
 
 
-def publish_chunks(job_id: str, indexes: Sequence[int]) -> None:
+@app.task(name="batchapp.tasks.reconcile")
+def reconcile() -> str:
+    """Finish or restart running jobs that nothing has moved for a task time limit."""
+    done = ledger.reconcile(
+        job_context(), lambda job_id, indexes: publish_chunks(job_id, indexes, _queue_of(job_id))
+    )
+    for job_id, what in done.items():
+        logger.warning("reconciler: job %s %s", job_id, what)
+    return f"reconciled {len(done)} job(s)"
+
+
+def publish_chunks(job_id: str, indexes: Sequence[int], queue: str = queues.CHUNKS) -> None:
     """One message per chunk through one producer, confirmed by RabbitMQ as one batch."""
+    route = _route(queue)
 
     def publish(producer: Any) -> int:
         for index in indexes:
-            run_chunk.apply_async((job_id, index), producer=producer, retry=False)
+            run_chunk.apply_async((job_id, index), producer=producer, retry=False, **route)
         return len(indexes)
 
     try:
@@ -98,18 +195,45 @@ def publish_chunks(job_id: str, indexes: Sequence[int]) -> None:
         # sending all of them again, each confirmed with retries, loses and duplicates nothing.
         with app.producer_or_acquire() as producer:
             for index in indexes:
-                run_chunk.apply_async((job_id, index), producer=producer)
+                run_chunk.apply_async((job_id, index), producer=producer, **route)
 
 
 def submit_job(name: str, params: Mapping[str, Any], *, exclusive: bool = False) -> ledger.JobView:
     """Plan, record and publish a job; see :func:`batchapp.ledger.submit`."""
-    return ledger.submit(job_context(), name, params, publish_chunks, exclusive=exclusive)
+    publish = partial(publish_chunks, queue=get_job(name).queue)
+    return ledger.submit(job_context(), name, params, publish, exclusive=exclusive)
 
 
 def retry_job(job_id: str) -> list[int]:
     """Publish again the chunks of a job that did not finish; see :func:`ledger.retry`."""
-    return ledger.retry(job_context(), job_id, publish_chunks)
+    publish = partial(publish_chunks, queue=_queue_of(job_id))
+    return ledger.retry(job_context(), job_id, publish)
+
+
+def _queue_of(job_id: str) -> str:
+    """The queue of the job's chunks (a job this process does not know: the chunks queue)."""
+    job = JOBS.get(ledger.get(job_context(), job_id).name)
+    return queues.CHUNKS if job is None else job.queue
+
+
+def _route(queue: str) -> dict[str, str]:
+    """``queue=`` for a queue the app declares; without declared queues, the task's route."""
+    declared = {declared.name for declared in app.conf.task_queues or ()}
+    return {"queue": queue} if queue in declared else {}
+
+
+def cancel_job(job_id: str) -> ledger.JobView:
+    """Stop a running job; see :func:`ledger.cancel`."""
+    return ledger.cancel(job_context(), job_id)
 
 
 def _redelivered(request: Any) -> bool:
     return bool((request.delivery_info or {}).get("redelivered"))
+
+
+def _delivery(request: Any) -> int | None:
+    """Which delivery of the message this is, when the broker counts (quorum queues)."""
+    returned = getattr(request, "x-delivery-count", None)
+    if isinstance(returned, int) and not isinstance(returned, bool) and returned >= 0:
+        return returned + 1
+    return None

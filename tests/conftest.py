@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,12 +71,15 @@ class Stack:
         ensure_schema(engine)
         return JobContext(settings=replace(settings, database_url=self.database_url), engine=engine)
 
-    def worker(self, name: str = "w1", concurrency: int = 2, **env: str) -> processes.CeleryProcess:
+    def worker(
+        self, name: str = "w1", concurrency: int = 2, extra: Sequence[str] = (), **env: str
+    ) -> processes.CeleryProcess:
         process = processes.worker(
             {**self.env, **env},
             RUN_DATA_DIR / "logs" / f"{self.name}-{name}-{uuid.uuid4().hex[:6]}.log",
             concurrency=concurrency,
             hostname=f"{name}@%h",
+            extra=extra,
         )
         self.started.append(process)
         return process.wait_ready()

@@ -52,7 +52,20 @@ def test_parallel_sum_of_a_million_from_the_cli(jobs_stack: Stack) -> None:
 
     assert job["status"] == "succeeded"
     assert job["result"] == 500000500000
-    assert job["chunks"] == {"total": 100, "done": 100, "failed": 0}
+    assert job["chunks"] == {"total": 100, "done": 100, "failed": 0, "cancelled": 0}
+
+
+def test_a_sum_past_64_bits_comes_back_exact(jobs_stack: Stack) -> None:
+    n = 10**18
+    job = submit_cli(jobs_stack, "parallel_sum", f"n={n}", f"chunk_size={n // 5}")
+    with jobs_stack.ctx.engine.connect() as connection:
+        outputs = connection.execute(
+            select(chunks.c.output).where(chunks.c.job_id == job["id"]).order_by(chunks.c.idx)
+        ).scalars()
+        exact = all(isinstance(output, int) for output in outputs)
+
+    assert job["result"] == n * (n + 1) // 2 == 500000000000000000500000000000000000
+    assert exact
 
 
 def test_chunks_are_spread_over_both_worker_processes(jobs_stack: Stack) -> None:

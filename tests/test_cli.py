@@ -107,7 +107,7 @@ def test_schedule_lists_every_entry_with_its_next_run_in_seoul(stack: Stack) -> 
     entries = json.loads(run_cli("schedule", "--json", env=stack.env).stdout)
     table = run_cli("schedule", env=stack.env).stdout
 
-    assert {e["name"] for e in entries} == {"calculate-sum", "sales-report", "cleanup"}
+    assert {e["name"] for e in entries} == {"calculate-sum", "sales-report", "reconcile", "cleanup"}
     assert all(e["timezone"] == "Asia/Seoul" for e in entries)
     assert "NEXT RUN (Asia/Seoul)" in table
     assert "batchapp.tasks.calculate_sum  [100]" in table

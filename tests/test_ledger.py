@@ -1,24 +1,39 @@
-"""The job ledger and the jobs' plans, driven directly (no broker): chunks are run by hand."""
+"""The job ledger and the jobs' plans, driven directly (no broker): chunks are run by hand.
+
+Every test runs on SQLite and on PostgreSQL (a database whose session time zone is Seoul,
+so a time computed by the database instead of in UTC would show).
+"""
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text, update
 
 from batchapp import ledger
 from batchapp.db import engine_for
-from batchapp.jobs import JobContext, ParamError
+from batchapp.jobs import JOBS, JobContext, ParamError
+from batchapp.jobs.base import utcnow
 from batchapp.jobs.import_csv import FileChanged
 from batchapp.sales_csv import write_sample
 from batchapp.settings import load
-from batchapp.tables import sales, sales_rejects
+from batchapp.tables import (
+    chunks,
+    ensure_schema,
+    jobs,
+    locks,
+    metadata,
+    sales,
+    sales_rejects,
+)
+from tests.conftest import _psql
+from tests.interleaving import Interleaving
 
 
 class Published:
@@ -31,9 +46,25 @@ class Published:
         self.calls.append((job_id, list(indexes)))
 
 
-@pytest.fixture
-def ctx(tmp_path: Path) -> JobContext:
+@pytest.fixture(scope="module")
+def seoul_postgres_url(postgres_url: str) -> Iterator[str]:
+    database = postgres_url.rsplit("/", 1)[1]
+    _psql(f"ALTER DATABASE \"{database}\" SET timezone TO 'Asia/Seoul'")
+    engine = engine_for(postgres_url)
+    ensure_schema(engine)
+    with engine.connect() as connection:
+        assert connection.execute(text("SHOW timezone")).scalar_one() == "Asia/Seoul"
+    yield postgres_url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ctx(request: pytest.FixtureRequest, tmp_path: Path) -> JobContext:
     settings = load({"BATCHAPP_DATA_DIR": str(tmp_path)})
+    if request.param == "postgresql":
+        settings = replace(settings, database_url=request.getfixturevalue("seoul_postgres_url"))
+        with engine_for(settings.database_url).begin() as connection:
+            names = ", ".join(table.name for table in metadata.sorted_tables)
+            connection.execute(text(f"TRUNCATE {names}"))
     return JobContext(settings=settings, engine=engine_for(settings.database_url))
 
 
@@ -88,6 +119,7 @@ def test_retry_republishes_only_failed_chunks_and_then_succeeds(ctx: JobContext)
 
     done = ledger.get(ctx, view.id)
     assert (done.status, done.result, done.chunks_failed, done.error) == ("succeeded", 465, 0, None)
+    assert (done.chunks_done, done.items_done) == (3, 30)
     attempts = {c.idx: c.attempts for c in ledger.chunk_rows(ctx, view.id)}
     assert attempts == {0: 1, 1: 2, 2: 1}
 
@@ -106,7 +138,7 @@ def test_unknown_job_id_is_named(ctx: JobContext) -> None:
 @pytest.mark.parametrize(
     ("name", "params", "message"),
     [
-        ("nosuch", {}, "unknown job 'nosuch' (known: cleanup, import_csv, parallel_sum, report)"),
+        ("nosuch", {}, "unknown job 'nosuch' (known: cleanup, "),
         ("parallel_sum", {}, "parallel_sum: missing parameter n"),
         ("parallel_sum", {"n": "ten"}, "parallel_sum: n must be an integer, got 'ten'"),
         ("parallel_sum", {"n": 1.5}, "parallel_sum: n must be an integer, got float"),
@@ -286,3 +318,323 @@ def test_cleanup_removes_jobs_past_retention_and_expires_results(ctx: JobContext
     assert ledger.get(ctx, recent.id).status == "succeeded"
     assert ledger.get(ctx, cleanup.id).result == {"jobs_removed": 1}
     assert expired == [True]
+
+
+def chunk_statuses(ctx: JobContext, job_id: str) -> list[str]:
+    return [c.status for c in ledger.chunk_rows(ctx, job_id)]
+
+
+def test_retry_waits_for_a_failure_being_recorded_and_counts_it(ctx: JobContext) -> None:
+    view = ledger.submit(ctx, "parallel_sum", {"n": 30, "chunk_size": 10}, Published())
+    ledger.record_chunk_failure(ctx, view.id, 0, RuntimeError("first"))
+    ledger.run_chunk(ctx, view.id, 1)
+    publish = Published()
+
+    results = Interleaving(ctx.engine).run(
+        lambda: ledger.record_chunk_failure(ctx, view.id, 2, RuntimeError("second")),
+        lambda: ledger.retry(ctx, view.id, publish),
+    )
+    assert results["second"] == [0, 2]
+    run_all(ctx, view.id, [0, 2])
+
+    done = ledger.get(ctx, view.id)
+    assert (done.status, done.result, done.chunks_done, done.chunks_failed) == (
+        "succeeded",
+        465,
+        3,
+        0,
+    )
+
+
+def test_two_deliveries_of_a_chunk_at_once_write_its_output_and_reduce_once(
+    ctx: JobContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_csv(ctx, "twice.csv", 50)
+    job = JOBS["import_csv"]
+    reduced: list[int] = []
+
+    def counting_reduce(params: dict[str, object], outputs: list[object]) -> object:
+        reduced.append(len(outputs))
+        return type(job).reduce(job, params, outputs)
+
+    monkeypatch.setattr(job, "reduce", counting_reduce)
+    view = ledger.submit(ctx, "import_csv", {"path": "twice.csv"}, Published())
+
+    results = Interleaving(ctx.engine).run(
+        lambda: ledger.run_chunk(ctx, view.id, 0),
+        lambda: ledger.run_chunk(ctx, view.id, 0, redelivered=True),
+    )
+
+    assert "done: 50 items" in results["first"]
+    assert "already done; duplicate delivery dropped" in results["second"]
+    done = ledger.get(ctx, view.id)
+    assert (done.status, done.items_done, reduced) == ("succeeded", 50, [1])
+    assert done.result == {"rows": 50, "imported": 50, "rejected": 0, "new": 50, "duplicates": 0}
+    with ctx.engine.connect() as connection:
+        stored = connection.execute(select(func.count()).select_from(sales)).scalar()
+    assert stored == 50
+    assert [c.attempts for c in ledger.chunk_rows(ctx, view.id)] == [1]
+
+
+class BrokenPublish:
+    """A broker that takes the messages (``deliver``) and then reports a failure anyway."""
+
+    def __init__(self, deliver: bool) -> None:
+        self.deliver = deliver
+        self.sent: list[int] = []
+
+    def __call__(self, job_id: str, indexes: Sequence[int]) -> None:
+        if self.deliver:
+            self.sent.extend(indexes)
+        raise ConnectionError("broker went away")
+
+
+def test_a_failed_publish_fails_the_job_and_releases_its_periodic_lock(ctx: JobContext) -> None:
+    with pytest.raises(ConnectionError):
+        ledger.submit(ctx, "report", {}, BrokenPublish(deliver=False), exclusive=True)
+    failed = ledger.recent(ctx, 1)[0]
+    next_tick = ledger.submit(ctx, "report", {}, Published(), exclusive=True)
+
+    assert failed.status == "failed"
+    assert "could not publish its chunks: broker went away" in (failed.error or "")
+    assert f"batchapp retry {failed.id}" in (failed.error or "")
+    assert next_tick.status == "running"
+
+
+def test_chunks_queued_despite_a_failed_publish_leave_the_job_failed_until_retried(
+    ctx: JobContext,
+) -> None:
+    broker = BrokenPublish(deliver=True)
+    with pytest.raises(ConnectionError):
+        ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, broker)
+    failed = ledger.recent(ctx, 1)[0]
+    dropped = [ledger.run_chunk(ctx, failed.id, index) for index in broker.sent]
+
+    assert all("has failed; dropped" in message for message in dropped)
+    assert ledger.get(ctx, failed.id).status == "failed"
+    publish = Published()
+    assert ledger.retry(ctx, failed.id, publish) == [0, 1]
+    run_all(ctx, failed.id, [0, 1])
+    done = ledger.get(ctx, failed.id)
+    assert (done.status, done.result, done.error) == ("succeeded", 210, None)
+
+
+def test_a_failed_publish_after_every_chunk_finished_leaves_the_job_succeeded(
+    ctx: JobContext,
+) -> None:
+    def publish_runs_then_fails(job_id: str, indexes: Sequence[int]) -> None:
+        run_all(ctx, job_id, indexes)
+        raise ConnectionError("confirm lost")
+
+    with pytest.raises(ConnectionError):
+        ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, publish_runs_then_fails)
+    done = ledger.recent(ctx, 1)[0]
+
+    assert (done.status, done.result, done.error) == ("succeeded", 210, None)
+    with pytest.raises(ledger.JobStateError, match="succeeded; there is nothing to retry"):
+        ledger.retry(ctx, done.id, Published())
+
+
+def make_stale(ctx: JobContext, job_id: str) -> None:
+    with ctx.engine.begin() as connection:
+        connection.execute(
+            update(jobs).where(jobs.c.id == job_id).values(updated_at=utcnow() - timedelta(hours=1))
+        )
+
+
+def test_reconciler_republishes_the_unfinished_chunks_of_a_job_nothing_moves(
+    ctx: JobContext,
+) -> None:
+    lost = ledger.submit(ctx, "parallel_sum", {"n": 30, "chunk_size": 10}, Published())
+    ledger.run_chunk(ctx, lost.id, 1)
+    moving = ledger.submit(ctx, "parallel_sum", {"n": 30, "chunk_size": 10}, Published())
+    make_stale(ctx, lost.id)
+    publish = Published()
+
+    assert ledger.reconcile(ctx, publish) == {lost.id: "republished 2 chunk(s)"}
+    assert publish.calls == [(lost.id, [0, 2])]
+    assert ledger.reconcile(ctx, publish) == {}, "republished again before a period passed"
+    run_all(ctx, lost.id, [0, 2])
+    assert ledger.get(ctx, lost.id).result == 465
+    assert ledger.get(ctx, moving.id).status == "running"
+
+
+def test_reconciler_finishes_a_running_job_whose_chunks_all_finished(ctx: JobContext) -> None:
+    view = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, Published())
+    ledger.run_chunk(ctx, view.id, 0)
+    with ctx.engine.begin() as connection:
+        # A chunk finished by an older version, whose count on the job was lost.
+        connection.execute(
+            update(chunks)
+            .where(chunks.c.job_id == view.id, chunks.c.idx == 1)
+            .values(status="failed", error="lost", attempts=1)
+        )
+    make_stale(ctx, view.id)
+
+    assert ledger.reconcile(ctx, Published()) == {view.id: "finished: failed"}
+    done = ledger.get(ctx, view.id)
+    assert (done.status, done.chunks_done, done.chunks_failed) == ("failed", 1, 1)
+    assert done.error == "1 chunk(s) failed; chunk 1: lost"
+
+
+def test_cancel_stops_what_has_not_run_and_retry_runs_it(ctx: JobContext) -> None:
+    view = ledger.submit(ctx, "parallel_sum", {"n": 40, "chunk_size": 10}, Published())
+    ledger.run_chunk(ctx, view.id, 0)
+
+    cancelled = ledger.cancel(ctx, view.id)
+    late = ledger.run_chunk(ctx, view.id, 1)
+
+    assert (cancelled.status, cancelled.chunks_done, cancelled.items_done) == ("cancelled", 1, 10)
+    assert cancelled.chunks_cancelled == 3
+    assert cancelled.finished_at is not None
+    assert "was cancelled; dropped" in late
+    assert chunk_statuses(ctx, view.id) == ["done", "cancelled", "cancelled", "cancelled"]
+    publish = Published()
+    assert ledger.retry(ctx, view.id, publish) == [1, 2, 3]
+    run_all(ctx, view.id, [1, 2, 3])
+    done = ledger.get(ctx, view.id)
+    assert (done.status, done.result, done.error) == ("succeeded", 820, None)
+
+
+def test_a_chunk_that_was_running_when_its_job_was_cancelled_is_rolled_back(
+    ctx: JobContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_csv(ctx, "cancel.csv", 20)
+    view = ledger.submit(ctx, "import_csv", {"path": "cancel.csv"}, Published())
+    job = JOBS["import_csv"]
+    real_prepare = type(job).prepare
+
+    def prepare_then_cancel(*args: object) -> object:
+        prepared = real_prepare(job, *args)  # type: ignore[arg-type]
+        ledger.cancel(ctx, view.id)
+        return prepared
+
+    monkeypatch.setattr(job, "prepare", prepare_then_cancel)
+
+    assert "was cancelled; dropped" in ledger.run_chunk(ctx, view.id, 0)
+    with ctx.engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(sales)).scalar() == 0
+    assert ledger.get(ctx, view.id).status == "cancelled"
+
+
+def test_only_a_running_job_can_be_cancelled(ctx: JobContext) -> None:
+    done = ledger.submit(ctx, "parallel_sum", {"n": 0}, Published())
+    with pytest.raises(ledger.JobStateError, match="is succeeded; only a running job can be"):
+        ledger.cancel(ctx, done.id)
+    with pytest.raises(ledger.UnknownJobError, match="no job with id 'nope'"):
+        ledger.cancel(ctx, "nope")
+
+
+def test_a_cancelled_periodic_run_releases_its_lock(ctx: JobContext) -> None:
+    first = ledger.submit(ctx, "report", {}, Published(), exclusive=True)
+    ledger.cancel(ctx, first.id)
+
+    assert ledger.submit(ctx, "report", {}, Published(), exclusive=True).status == "running"
+
+
+def test_a_chunk_whose_worker_keeps_dying_fails_after_max_deliveries(ctx: JobContext) -> None:
+    view = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, Published())
+    ledger.run_chunk(ctx, view.id, 1)
+    # Deliveries 1 to 3 each died before finishing (nothing recorded); 2 and 3 came redelivered.
+    with pytest.raises(RuntimeError):
+        _run_dying(ctx, view.id, 0, redelivered=False)
+    for _ in range(2):
+        with pytest.raises(RuntimeError):
+            _run_dying(ctx, view.id, 0, redelivered=True)
+    fourth = ledger.run_chunk(ctx, view.id, 0, redelivered=True)
+
+    assert "worker lost 3 times" in fourth
+    failed = ledger.get(ctx, view.id)
+    assert (failed.status, failed.chunks_done, failed.chunks_failed) == ("failed", 1, 1)
+    assert "chunk 0: worker lost 3 times" in (failed.error or "")
+    assert ledger.chunk_rows(ctx, view.id)[0].deliveries == 3
+
+
+def _run_dying(ctx: JobContext, job_id: str, index: int, *, redelivered: bool) -> None:
+    """A delivery whose process dies in the chunk's work: nothing after that point happens."""
+    job = JOBS["parallel_sum"]
+
+    def die(*_: object) -> None:
+        raise RuntimeError("process died")
+
+    original = job.prepare
+    job.prepare = die  # type: ignore[method-assign]
+    try:
+        ledger.run_chunk(ctx, job_id, index, redelivered=redelivered)
+    finally:
+        job.prepare = original  # type: ignore[method-assign]
+
+
+def test_the_brokers_delivery_count_fails_a_poison_chunk_at_once(ctx: JobContext) -> None:
+    view = ledger.submit(ctx, "parallel_sum", {"n": 10, "chunk_size": 10}, Published())
+    message = ledger.run_chunk(ctx, view.id, 0, redelivered=True, delivery=4)
+
+    assert "worker lost 3 times" in message
+    assert ledger.get(ctx, view.id).status == "failed"
+
+
+def test_a_periodic_run_that_waited_past_its_lock_steps_aside(ctx: JobContext) -> None:
+    # The lock lives 2 x task_time_limit: 0.1 s here.
+    short = replace(ctx, settings=replace(ctx.settings, task_time_limit=0.05))
+    queued = ledger.submit(short, "report", {}, Published(), exclusive=True)
+    deadline = time.monotonic() + 5
+    while (later := ledger.submit(short, "report", {}, Published(), exclusive=True)).status != (
+        "running"
+    ):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+    late = ledger.run_chunk(short, queued.id, 0)
+    ledger.run_chunk(short, later.id, 0)
+
+    assert f"skipped: the run {later.id}" in late
+    stepped_aside = ledger.get(ctx, queued.id)
+    assert stepped_aside.status == "skipped"
+    assert stepped_aside.error == (
+        f"skipped: the run {later.id} took over while this one waited in the queue"
+    )
+    assert chunk_statuses(ctx, queued.id) == ["cancelled"]
+    assert ledger.get(ctx, later.id).status == "succeeded"
+
+
+def test_a_periodic_runs_lock_counts_from_when_it_starts(
+    ctx: JobContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hourly = replace(ctx, settings=replace(ctx.settings, task_time_limit=1800))  # lock: 1 h
+    queued = ledger.submit(hourly, "report", {}, Published(), exclusive=True)
+    with ctx.engine.begin() as connection:
+        # As if the run had waited in a queue for 59 minutes.
+        expires_at = connection.execute(select(locks.c.expires_at)).scalar_one()
+        connection.execute(update(locks).values(expires_at=expires_at - timedelta(minutes=59)))
+    seen = []
+
+    def look_at_the_lock(*_: object) -> None:
+        with ctx.engine.connect() as connection:
+            seen.append(connection.execute(select(locks.c.expires_at)).scalar_one())
+
+    monkeypatch.setattr(JOBS["report"], "prepare", look_at_the_lock)
+    started = utcnow()
+    ledger.run_chunk(hourly, queued.id, 0)
+
+    assert seen[0] >= started + timedelta(minutes=59)
+    assert ledger.get(ctx, queued.id).status == "succeeded"
+
+
+def test_exact_integers_past_64_bits_survive_the_ledger(ctx: JobContext) -> None:
+    n = 10**18
+    view = ledger.submit(ctx, "parallel_sum", {"n": n, "chunk_size": n // 4}, Published())
+    run_all(ctx, view.id, range(view.chunks_total))
+    done = ledger.get(ctx, view.id)
+
+    assert done.result == n * (n + 1) // 2
+    assert isinstance(done.result, int)
+    with ctx.engine.connect() as connection:
+        outputs = connection.execute(
+            select(chunks.c.output).where(chunks.c.job_id == view.id).order_by(chunks.c.idx)
+        ).scalars()
+        assert sum(outputs) == n * (n + 1) // 2
+
+
+def test_a_chunk_of_a_job_the_ledger_does_not_have_is_named(ctx: JobContext) -> None:
+    with pytest.raises(ledger.UnknownJobError, match=f"job {'0' * 32} chunk 0 is not in the"):
+        ledger.run_chunk(ctx, "0" * 32, 0)

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect, select, text, update
 
 from batchapp.db import configure_engine
-from batchapp.tables import ensure_schema, metadata
+from batchapp.tables import ensure_schema, jobs, metadata
+
+# batch_jobs as an older version had it: without `error`, `finished_at` and `exclusive`, and
+# JSON columns (numeric affinity on SQLite).
+OLDER_BATCH_JOBS = (
+    "CREATE TABLE batch_jobs (id VARCHAR(32) PRIMARY KEY, name VARCHAR(64) NOT NULL,"
+    " params JSON NOT NULL, status VARCHAR(16) NOT NULL, chunks_total INTEGER NOT"
+    " NULL, chunks_done INTEGER NOT NULL, chunks_failed INTEGER NOT NULL,"
+    " items_done BIGINT NOT NULL, items_failed BIGINT NOT NULL, result JSON,"
+    " created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL)"
+)
 
 
 def test_first_use_creates_every_table(tmp_path: Path) -> None:
@@ -22,16 +32,7 @@ def test_an_older_table_gains_new_nullable_columns_and_keeps_its_rows(tmp_path: 
     engine = create_engine(f"sqlite:///{tmp_path / 'old.sqlite'}")
     configure_engine(engine)
     with engine.begin() as connection:
-        # batch_jobs as an older version might have had it: without `error` and `finished_at`.
-        connection.execute(
-            text(
-                "CREATE TABLE batch_jobs (id VARCHAR(32) PRIMARY KEY, name VARCHAR(64) NOT NULL,"
-                " params JSON NOT NULL, status VARCHAR(16) NOT NULL, chunks_total INTEGER NOT"
-                " NULL, chunks_done INTEGER NOT NULL, chunks_failed INTEGER NOT NULL,"
-                " items_done BIGINT NOT NULL, items_failed BIGINT NOT NULL, result JSON,"
-                " created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL)"
-            )
-        )
+        connection.execute(text(OLDER_BATCH_JOBS))
         connection.execute(
             text(
                 "INSERT INTO batch_jobs VALUES ('j1', 'parallel_sum', '{}', 'succeeded', 1, 1,"
@@ -41,7 +42,34 @@ def test_an_older_table_gains_new_nullable_columns_and_keeps_its_rows(tmp_path: 
     ensure_schema(engine)
 
     columns = {c["name"] for c in inspect(engine).get_columns("batch_jobs")}
+    indexes = {i["name"] for i in inspect(engine).get_indexes("batch_jobs")}
     with engine.connect() as connection:
         kept = connection.execute(text("SELECT id, result FROM batch_jobs")).all()
-    assert {"error", "finished_at"} <= columns
+        read = connection.execute(select(jobs.c.result)).scalar_one()
+    assert {"error", "finished_at", "exclusive"} <= columns
+    assert "ix_batch_jobs_status_updated_at" in indexes
     assert kept == [("j1", 55)]
+    assert read == 55
+
+
+def test_integers_past_64_bits_come_back_exact_from_an_older_json_column(
+    tmp_path: Path,
+) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.sqlite'}")
+    configure_engine(engine)
+    ensure_schema(engine)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE batch_jobs"))
+        connection.execute(text(OLDER_BATCH_JOBS))
+        connection.execute(
+            text(
+                "INSERT INTO batch_jobs VALUES ('j1', 'parallel_sum', '{}', 'running', 1, 0,"
+                " 0, 0, 0, NULL, '2026-01-01 00:00:00', '2026-01-01 00:00:00')"
+            )
+        )
+    with engine.begin() as connection:
+        connection.execute(update(jobs).values(result=2**70 + 1))
+        stored = connection.execute(select(jobs.c.result)).scalar_one()
+
+    assert stored == 2**70 + 1
+    assert isinstance(stored, int)

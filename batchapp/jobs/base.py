@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine
 
+from batchapp import queues
 from batchapp.settings import Settings
 
 JSON = Any
@@ -61,6 +62,8 @@ class Job(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     params_help: ClassVar[str]
+    # The queue its chunks travel on: a periodic job's never wait behind an import's.
+    queue: ClassVar[str] = queues.CHUNKS
 
     @abstractmethod
     def parse_params(self, raw: Mapping[str, Any], ctx: JobContext) -> dict[str, JSON]:

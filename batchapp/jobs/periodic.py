@@ -8,12 +8,14 @@ from typing import Any
 
 from sqlalchemy import Connection, DateTime, delete, func, insert, literal, select
 
+from batchapp import queues
 from batchapp.jobs.base import JSON, Chunk, ChunkOutcome, Job, JobContext, check_keys, utcnow
 from batchapp.tables import chunks, jobs, locks, sales, sales_daily, sales_rejects
 
 
 class _SingleChunk(Job):
     params_help = "(none)"
+    queue = queues.PERIODIC
 
     def parse_params(self, raw: Mapping[str, Any], ctx: JobContext) -> dict[str, JSON]:
         check_keys(self.name, raw, set())
@@ -41,13 +43,16 @@ class SalesReport(_SingleChunk):
             literal(now, DateTime()),
         ).group_by(sales.c.sold_on, sales.c.store)
         connection.execute(delete(sales_daily))
-        written = connection.execute(
+        connection.execute(
             insert(sales_daily).from_select(
                 ["day", "store", "orders", "units", "revenue_cents", "updated_at"], totals
             )
-        ).rowcount
-        days = connection.execute(select(func.count(func.distinct(sales_daily.c.day)))).scalar()
-        return ChunkOutcome(items_done=written, output={"rows": written, "days": days or 0})
+        )
+        # Counted, not taken from rowcount: psycopg reports -1 for INSERT ... SELECT.
+        written, days = connection.execute(
+            select(func.count(), func.count(func.distinct(sales_daily.c.day)))
+        ).one()
+        return ChunkOutcome(items_done=written, output={"rows": written, "days": days})
 
 
 class Cleanup(_SingleChunk):

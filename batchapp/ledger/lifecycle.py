@@ -1,0 +1,192 @@
+"""A job's life as a whole: submit, retry, cancel, and the reconciler that finishes lost jobs."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+
+from batchapp.db import read_transaction, write_transaction
+from batchapp.jobs import JobContext, get_job
+from batchapp.jobs.base import MAX_CHUNKS, ParamError, utcnow
+from batchapp.ledger import locks
+from batchapp.ledger.states import (
+    CANCELLED,
+    FAILED,
+    PENDING,
+    RUNNING,
+    SKIPPED,
+    check_job_move,
+)
+from batchapp.ledger.transitions import LockedJob, lock_job, move_chunks, move_job, settle
+from batchapp.ledger.views import JobView, get, view
+from batchapp.tables import chunks, ensure_schema, jobs
+
+Publish = Callable[[str, Sequence[int]], None]
+"""Sends one message per chunk index of a job (the Celery side supplies it)."""
+
+
+def submit(
+    ctx: JobContext,
+    job_name: str,
+    raw_params: Mapping[str, Any],
+    publish: Publish,
+    *,
+    exclusive: bool = False,
+) -> JobView:
+    """Plan a job, record it, and publish its chunks.
+
+    ``exclusive`` runs are for periodic jobs: while an earlier run of the same job is going,
+    the new one is recorded as skipped instead of started.
+    """
+    job = get_job(job_name)
+    params = job.parse_params(raw_params, ctx)
+    specs = list(job.plan(params, ctx))
+    if len(specs) > MAX_CHUNKS:
+        raise ParamError(f"{job_name}: {len(specs):,} chunks is over the limit of {MAX_CHUNKS:,}")
+    ensure_schema(ctx.engine)
+    job_id = uuid.uuid4().hex
+    now = utcnow()
+    row: dict[str, Any] = {
+        "id": job_id,
+        "name": job_name,
+        "params": params,
+        "status": RUNNING,
+        "chunks_total": len(specs),
+        "chunks_done": 0,
+        "chunks_failed": 0,
+        "items_done": 0,
+        "items_failed": 0,
+        "exclusive": exclusive,
+        "created_at": now,
+        "updated_at": now,
+    }
+    with write_transaction(ctx.engine) as connection:
+        if exclusive:
+            holder = locks.take(connection, job_name, job_id, now, locks.lock_ttl(ctx.settings))
+            if holder is not None:
+                row |= {"status": SKIPPED, "finished_at": now, "chunks_total": 0}
+                row["error"] = f"skipped: the previous run {holder} is still going"
+                connection.execute(insert(jobs).values(row))
+                return view(connection, job_id)
+        connection.execute(insert(jobs).values(row))
+        if specs:
+            connection.execute(
+                insert(chunks),
+                [
+                    {"job_id": job_id, "idx": index, "spec": spec, "status": PENDING}
+                    for index, spec in enumerate(specs)
+                ],
+            )
+        else:
+            settle(connection, lock_job(connection, job_id))
+    if specs:
+        _publish_or_fail(ctx, job_id, range(len(specs)), publish)
+    return get(ctx, job_id)
+
+
+def retry(ctx: JobContext, job_id: str, publish: Publish) -> list[int]:
+    """Publish again the chunks of a job that are not done; returns their indexes."""
+    ensure_schema(ctx.engine)
+    with write_transaction(ctx.engine) as connection:
+        locked = lock_job(connection, job_id)
+        if locked.status != RUNNING:
+            locked = move_job(connection, locked, RUNNING, "there is nothing to retry", error=None)
+        move_chunks(connection, locked, FAILED, PENDING)
+        move_chunks(connection, locked, CANCELLED, PENDING)
+        indexes = _pending(connection, locked)
+        settle(connection, locked)
+    if indexes:
+        _publish_or_fail(ctx, job_id, indexes, publish)
+    return indexes
+
+
+def cancel(ctx: JobContext, job_id: str) -> JobView:
+    """Stop a running job: chunks not yet run never run; done chunks keep their output."""
+    ensure_schema(ctx.engine)
+    with write_transaction(ctx.engine) as connection:
+        locked = lock_job(connection, job_id)
+        check_job_move(job_id, locked.status, CANCELLED, "only a running job can be cancelled")
+        stopped = move_chunks(connection, locked, PENDING, CANCELLED)
+        move_job(
+            connection,
+            settle(connection, locked),
+            CANCELLED,
+            "only a running job can be cancelled",
+            error=f"cancelled; {len(stopped)} chunk(s) not run (batchapp retry {job_id} runs them)",
+        )
+        return view(connection, job_id)
+
+
+def reconcile(
+    ctx: JobContext, publish: Publish, *, stale_after: timedelta | None = None
+) -> dict[str, str]:
+    """Finish or restart running jobs that nothing has moved for ``stale_after``.
+
+    Such a job lost its messages (a failure that could not be recorded, a publish that never
+    arrived). One whose chunks all finished is finished; otherwise its pending chunks are
+    published again, which is safe: a chunk delivered twice is dropped. Returns what was done,
+    by job id. ``stale_after`` defaults to the task time limit, the longest a chunk can run.
+    """
+    ensure_schema(ctx.engine)
+    stale_after = stale_after or timedelta(seconds=ctx.settings.task_time_limit)
+    cutoff = utcnow() - stale_after
+    with read_transaction(ctx.engine) as connection:
+        stale = list(
+            connection.execute(
+                select(jobs.c.id).where(jobs.c.status == RUNNING, jobs.c.updated_at < cutoff)
+            ).scalars()
+        )
+    done: dict[str, str] = {}
+    for job_id in stale:
+        with write_transaction(ctx.engine) as connection:
+            locked = lock_job(connection, job_id)
+            updated_at = connection.execute(
+                select(jobs.c.updated_at).where(jobs.c.id == job_id)
+            ).scalar_one()
+            if locked.status != RUNNING or updated_at >= cutoff:
+                continue  # it moved meanwhile
+            # settle also marks the job as just seen, so it is republished once per period.
+            settled = settle(connection, locked)
+            indexes = _pending(connection, settled) if settled.status == RUNNING else []
+        if settled.status != RUNNING:
+            done[job_id] = f"finished: {settled.status}"
+            continue
+        try:
+            publish(job_id, indexes)
+        except Exception as exc:
+            done[job_id] = f"could not republish {len(indexes)} chunk(s): {exc}"
+        else:
+            done[job_id] = f"republished {len(indexes)} chunk(s)"
+    return done
+
+
+def _pending(connection: Connection, job: LockedJob) -> list[int]:
+    return list(
+        connection.execute(
+            select(chunks.c.idx)
+            .where(chunks.c.job_id == job.id, chunks.c.status == PENDING)
+            .order_by(chunks.c.idx)
+        ).scalars()
+    )
+
+
+def _publish_or_fail(
+    ctx: JobContext, job_id: str, indexes: Sequence[int] | range, publish: Publish
+) -> None:
+    """Publish; if that fails, the chunks not yet run fail with the reason, so the job fails
+    as a whole (a message that got through after all is dropped) and retry can run them."""
+    try:
+        publish(job_id, list(indexes))
+    except Exception as exc:
+        now = utcnow()
+        reason = f"could not publish its chunks: {exc}; run: batchapp retry {job_id}"
+        with write_transaction(ctx.engine) as connection:
+            locked = lock_job(connection, job_id)
+            if locked.status == RUNNING:
+                move_chunks(connection, locked, PENDING, FAILED, error=reason, finished_at=now)
+                settle(connection, locked)
+        raise

@@ -1,0 +1,88 @@
+"""The statements every chunk runs, built once: building them per call cost more than SQLite."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Boolean, DateTime, Integer, bindparam, func, select, update
+
+from batchapp.ledger.states import CANCELLED, DONE, FAILED, PENDING
+from batchapp.tables import chunks, jobs
+
+FIND_CHUNK = (
+    select(
+        jobs.c.name,
+        jobs.c.params,
+        jobs.c.exclusive,
+        chunks.c.spec,
+        chunks.c.status,
+    )
+    .join(chunks, chunks.c.job_id == jobs.c.id)
+    .where(jobs.c.id == bindparam("b_job_id"), chunks.c.idx == bindparam("b_idx"))
+)
+
+# FOR UPDATE holds the job row on PostgreSQL; on SQLite the write transaction (BEGIN IMMEDIATE)
+# already holds the whole database.
+LOCK_JOB = (
+    select(
+        jobs.c.id,
+        jobs.c.name,
+        jobs.c.params,
+        jobs.c.status,
+        jobs.c.chunks_total,
+        jobs.c.exclusive,
+    )
+    .where(jobs.c.id == bindparam("b_job_id"))
+    .with_for_update()
+)
+
+CHUNK_STATE = select(chunks.c.status, chunks.c.deliveries).where(
+    chunks.c.job_id == bindparam("b_job_id"), chunks.c.idx == bindparam("b_idx")
+)
+
+CHUNK_DONE = (
+    update(chunks)
+    .where(chunks.c.job_id == bindparam("b_job_id"), chunks.c.idx == bindparam("b_idx"))
+    .values(
+        status=DONE,
+        attempts=chunks.c.attempts + 1,
+        redelivered=chunks.c.redelivered | bindparam("b_redelivered_now", type_=Boolean),
+        items_done=bindparam("b_items_done", type_=BigInteger),
+        items_failed=bindparam("b_items_failed", type_=BigInteger),
+        output=bindparam("b_output", type_=chunks.c.output.type),
+        error=None,
+        finished_at=bindparam("b_finished_at", type_=DateTime),
+    )
+)
+
+# A job's totals, derived from its chunk rows by two range scans of ix_batch_chunks_job_status
+# that never read the rows themselves: one over the chunks not done, one over those done.
+COUNT_NOT_DONE = (
+    select(chunks.c.status, func.count())
+    .where(
+        chunks.c.job_id == bindparam("b_job_id"),
+        chunks.c.status.in_([PENDING, FAILED, CANCELLED]),
+    )
+    .group_by(chunks.c.status)
+)
+SUM_DONE = select(
+    func.count(),
+    func.coalesce(func.sum(chunks.c.items_done), 0),
+    func.coalesce(func.sum(chunks.c.items_failed), 0),
+).where(chunks.c.job_id == bindparam("b_job_id"), chunks.c.status == DONE)
+
+SET_COUNTS = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_job_id"))
+    .values(
+        chunks_done=bindparam("b_done", type_=Integer),
+        chunks_failed=bindparam("b_failed", type_=Integer),
+        items_done=bindparam("b_items_done", type_=BigInteger),
+        items_failed=bindparam("b_items_failed", type_=BigInteger),
+        updated_at=bindparam("b_now", type_=DateTime),
+    )
+)
+
+COUNT_DELIVERY = (
+    update(chunks)
+    .where(chunks.c.job_id == bindparam("b_job_id"), chunks.c.idx == bindparam("b_idx"))
+    .values(deliveries=bindparam("b_deliveries", type_=Integer), redelivered=True)
+)

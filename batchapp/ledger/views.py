@@ -1,0 +1,121 @@
+"""Reading the ledger: one job, the recent jobs, a job's chunks, and waiting for a job."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, select
+
+from batchapp.db import read_transaction
+from batchapp.jobs import JobContext
+from batchapp.jobs.base import JSON
+from batchapp.ledger.states import CANCELLED, FINISHED, UnknownJobError
+from batchapp.tables import chunks, ensure_schema, jobs
+
+
+@dataclass(frozen=True)
+class JobView:
+    """One job as the ledger has it."""
+
+    id: str
+    name: str
+    params: dict[str, JSON]
+    status: str
+    chunks_total: int
+    chunks_done: int
+    chunks_failed: int
+    items_done: int
+    items_failed: int
+    result: JSON
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    @property
+    def chunks_cancelled(self) -> int:
+        """Chunks a cancel stopped before they ran."""
+        if self.status != CANCELLED:
+            return 0
+        return self.chunks_total - self.chunks_done - self.chunks_failed
+
+    @classmethod
+    def from_row(cls, row: Row[Any]) -> JobView:
+        return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
+
+
+def view(connection: Connection, job_id: str) -> JobView:
+    """The job as this transaction sees it; :class:`UnknownJobError` if there is none."""
+    row = connection.execute(select(jobs).where(jobs.c.id == job_id)).first()
+    if row is None:
+        raise UnknownJobError(f"no job with id {job_id!r}")
+    return JobView.from_row(row)
+
+
+def get(ctx: JobContext, job_id: str) -> JobView:
+    """The job's current state; :class:`UnknownJobError` if there is no such job."""
+    ensure_schema(ctx.engine)
+    with read_transaction(ctx.engine) as connection:
+        return view(connection, job_id)
+
+
+def recent(ctx: JobContext, limit: int = 20) -> list[JobView]:
+    """The newest jobs first."""
+    ensure_schema(ctx.engine)
+    with read_transaction(ctx.engine) as connection:
+        rows = connection.execute(
+            select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
+        )
+        return [JobView.from_row(row) for row in rows]
+
+
+def chunk_rows(ctx: JobContext, job_id: str) -> list[Row[Any]]:
+    """The job's chunks in order, without their outputs."""
+    ensure_schema(ctx.engine)
+    with read_transaction(ctx.engine) as connection:
+        return list(
+            connection.execute(
+                select(
+                    chunks.c.idx,
+                    chunks.c.status,
+                    chunks.c.attempts,
+                    chunks.c.redelivered,
+                    chunks.c.deliveries,
+                    chunks.c.items_done,
+                    chunks.c.items_failed,
+                    chunks.c.error,
+                )
+                .where(chunks.c.job_id == job_id)
+                .order_by(chunks.c.idx)
+            )
+        )
+
+
+def wait(
+    ctx: JobContext,
+    job_id: str,
+    *,
+    timeout: float | None = None,
+    on_progress: Callable[[JobView], None] | None = None,
+) -> JobView:
+    """Poll until the job has finished (from 1 ms, backing off by 20% to 0.2 s)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    nap = 0.001
+    while True:
+        current = get(ctx, job_id)
+        if on_progress is not None:
+            on_progress(current)
+        if current.finished:
+            return current
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError(f"job {job_id} still {current.status} after {timeout:g} s")
+        time.sleep(nap)
+        nap = min(nap * 1.2, 0.2)
