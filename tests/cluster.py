@@ -263,10 +263,18 @@ class RabbitCluster:
 
 @contextlib.contextmanager
 def rabbitmq_cluster(size: int = 3) -> Iterator[RabbitCluster]:
-    """A formed cluster of ``size`` nodes, always stopped and removed afterwards."""
+    """A formed cluster of ``size`` nodes, always stopped and removed afterwards (also when
+    the test run itself is terminated)."""
     cluster = RabbitCluster.create(size)
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         cluster.form()
         yield cluster
     finally:
         cluster.close()
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # Python's default for SIGTERM skips every `finally`, so three nodes would outlive the run.
+    raise SystemExit(128 + signum)
