@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from celery.app.utils import sanitize_url
 from dotenv import load_dotenv
-from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -135,23 +135,48 @@ def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
 def _scheme(url: str) -> str:
     scheme = urlsplit(url).scheme if "://" in url else ""
     if not scheme:
-        raise ValueError(f"{maybe_sanitize_url(url)!r} is not a URL (expected scheme://...)")
+        raise ValueError(f"{mask_url(url)!r} is not a URL (expected scheme://...)")
     return scheme
 
 
-def _broker_url(url: str) -> str:
+def mask_url(url: str) -> str:
+    """``url`` with its password masked; in a ``;``-separated failover list, every one's."""
+    # Celery's own, which kombu's maybe_sanitize_url is not: that one masks the first only.
+    return str(sanitize_url(url, mask="**"))
+
+
+def _broker_url(value: str) -> str:
+    """One broker URL, or a failover list (``url1;url2;...``, kombu's syntax), each checked."""
+    urls = [part.strip() for part in value.split(";")]
+    if "" in urls:
+        raise ValueError(
+            f"empty URL in the failover list {mask_url(value)!r} (separate URLs by ';')"
+        )
+    transports = {_broker_transport(url) for url in urls}
+    if len(urls) > 1 and transports & {"filesystem", "memory"}:
+        raise ValueError(f"an embedded broker cannot be in a failover list: {mask_url(value)!r}")
+    if len(transports) > 1:
+        raise ValueError(
+            f"every URL of a failover list must use one transport, got "
+            f"{', '.join(sorted(transports))} in {mask_url(value)!r}"
+        )
+    return ";".join(urls)
+
+
+def _broker_transport(url: str) -> str:
     scheme = _scheme(url)
     if scheme not in BROKER_SCHEMES:
         raise ValueError(
-            f"unsupported broker scheme {scheme!r} in {maybe_sanitize_url(url)!r}; "
+            f"unsupported broker scheme {scheme!r} in {mask_url(url)!r}; "
             f"use one of {', '.join(sorted(BROKER_SCHEMES))}"
         )
     if scheme.startswith(("amqp", "pyamqp")):
         try:
             urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
         except ValueError as exc:
-            raise ValueError(f"{maybe_sanitize_url(url)!r}: {exc}") from None
-    return url
+            raise ValueError(f"{mask_url(url)!r}: {exc}") from None
+    # amqp:// and pyamqp:// name the same transport.
+    return scheme.removeprefix("py")
 
 
 def _result_backend(url: str) -> str:
@@ -160,7 +185,7 @@ def _result_backend(url: str) -> str:
         _database_url(url.removeprefix("db+"))
     elif scheme not in RESULT_SCHEMES:
         raise ValueError(
-            f"unsupported result backend {maybe_sanitize_url(url)!r}; use db+sqlite:///PATH, "
+            f"unsupported result backend {mask_url(url)!r}; use db+sqlite:///PATH, "
             f"db+postgresql://..., or one of {', '.join(sorted(RESULT_SCHEMES))}"
         )
     return url
@@ -170,7 +195,7 @@ def _database_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ValueError(f"{maybe_sanitize_url(url)!r} is not an SQLAlchemy URL") from None
+        raise ValueError(f"{mask_url(url)!r} is not an SQLAlchemy URL") from None
     if parsed.get_backend_name() not in DATABASE_DIALECTS:
         raise ValueError(
             f"unsupported database {parsed.get_backend_name()!r} in "
