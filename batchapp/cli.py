@@ -86,11 +86,13 @@ def submit(
     params = _parse_assignments(assignments)
     with _errors_as_one_line():
         from batchapp import ledger
-        from batchapp.tasks import job_context, submit_job
+        from batchapp.tasks import chunks_in_flight, job_context, submit_job
 
         view = submit_job(job, params)
         if wait and not view.finished:
-            view = display.wait_with_progress(job_context(), view, timeout, show=not as_json)
+            view = display.wait_with_progress(
+                job_context(), view, timeout, show=not as_json, in_flight=chunks_in_flight
+            )
     display.print_job(view, job_context().tz, as_json=as_json)
     if wait and view.status == ledger.FAILED:
         sys.exit(1)

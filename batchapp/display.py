@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -146,9 +147,17 @@ def _describe_schedule(sched: Any) -> str:
 
 
 def wait_with_progress(
-    ctx: JobContext, view: JobView, timeout: float | None, *, show: bool, lines: bool = False
+    ctx: JobContext,
+    view: JobView,
+    timeout: float | None,
+    *,
+    show: bool,
+    lines: bool = False,
+    in_flight: Callable[[JobView], bool] | None = None,
 ) -> JobView:
-    """Wait for the job: a progress bar on a terminal, else (``lines``) a line per 10%."""
+    """Wait for the job: a progress bar on a terminal, else (``lines``) a line per 10%;
+    ``in_flight`` lets the wait notice a job nothing is working on (see ledger.wait)."""
+    wait = partial(ledger.wait, ctx, view.id, timeout=timeout, in_flight=in_flight)
     if lines and not sys.stderr.isatty():
         reported = -1
 
@@ -163,9 +172,9 @@ def wait_with_progress(
                     f"{current.items_done:,} items"
                 )
 
-        return ledger.wait(ctx, view.id, timeout=timeout, on_progress=report)
+        return wait(on_progress=report)
     if not (show and sys.stderr.isatty()):
-        return ledger.wait(ctx, view.id, timeout=timeout)
+        return wait()
     with click.progressbar(
         length=view.chunks_total, label=view.name, file=sys.stderr, show_pos=True
     ) as bar:
@@ -177,7 +186,7 @@ def wait_with_progress(
             bar.update(finished - seen)
             seen = finished
 
-        return ledger.wait(ctx, view.id, timeout=timeout, on_progress=progress)
+        return wait(on_progress=progress)
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:

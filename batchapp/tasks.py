@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
-from amqp.exceptions import AMQPError
+from amqp.exceptions import AMQPError, ChannelError
 from celery import Task
 from celery.signals import worker_init, worker_process_init
 from kombu.exceptions import OperationalError as KombuOperationalError
@@ -208,6 +208,32 @@ def retry_job(job_id: str) -> list[int]:
     """Publish again the chunks of a job that did not finish; see :func:`ledger.retry`."""
     publish = partial(publish_chunks, queue=_queue_of(job_id))
     return ledger.retry(job_context(), job_id, publish)
+
+
+def chunks_in_flight(view: ledger.JobView) -> bool:
+    """Whether a chunk of the job may be queued or running: its queue is not empty, or a
+    worker has one of its chunks. If the broker or the workers cannot tell, it may be."""
+    job = JOBS.get(view.name)
+    queue = _route(queues.CHUNKS if job is None else job.queue).get("queue")
+    try:
+        with app.connection_for_write() as connection:
+            try:
+                _, depth, _ = connection.default_channel.queue_declare(
+                    queue=queue or app.conf.task_default_queue, passive=True
+                )
+            except ChannelError:  # no such queue: nothing is in it
+                depth = 0
+        if depth:
+            return True
+        inspect = app.control.inspect(timeout=1.0)
+        held = [*(inspect.active() or {}).values(), *(inspect.reserved() or {}).values()]
+    except Exception:
+        return True
+    return any(
+        task.get("name") == run_chunk.name and view.id in str(task.get("args"))
+        for tasks in held
+        for task in tasks
+    )
 
 
 def _queue_of(job_id: str) -> str:

@@ -7,6 +7,7 @@ so a time computed by the database instead of in UTC would show).
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -638,3 +639,50 @@ def test_exact_integers_past_64_bits_survive_the_ledger(ctx: JobContext) -> None
 def test_a_chunk_of_a_job_the_ledger_does_not_have_is_named(ctx: JobContext) -> None:
     with pytest.raises(ledger.UnknownJobError, match=f"job {'0' * 32} chunk 0 is not in the"):
         ledger.run_chunk(ctx, "0" * 32, 0)
+
+
+def test_wait_names_a_job_that_nothing_works_on(ctx: JobContext) -> None:
+    view = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, Published())
+    asked: list[str] = []
+
+    def nothing_in_flight(current: ledger.JobView) -> bool:
+        asked.append(current.id)
+        return False
+
+    with pytest.raises(ledger.JobStalledError, match="none of its chunks is queued or running"):
+        ledger.wait(ctx, view.id, timeout=30, in_flight=nothing_in_flight, stall_after=0.05)
+    assert asked == [view.id, view.id]
+
+
+def test_wait_keeps_waiting_while_a_chunk_is_in_flight(ctx: JobContext) -> None:
+    view = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, Published())
+    asked: list[int] = []
+
+    def running_then_done(current: ledger.JobView) -> bool:
+        asked.append(1)
+        if len(asked) == 3:
+            run_all(ctx, view.id, [0, 1])
+        return True
+
+    done = ledger.wait(ctx, view.id, timeout=30, in_flight=running_then_done, stall_after=0.05)
+    assert (done.status, len(asked)) == ("succeeded", 3)
+
+
+def test_ledger_work_a_chunk_stays_flat_over_a_3000_chunk_job(tmp_path: Path) -> None:
+    settings = load({"BATCHAPP_DATA_DIR": str(tmp_path)})
+    ctx = JobContext(settings=settings, engine=engine_for(settings.database_url))
+    view = ledger.submit(ctx, "parallel_sum", {"n": 3000, "chunk_size": 1}, Published())
+    took = []
+    for index in range(3000):
+        started = time.perf_counter()
+        ledger.run_chunk(ctx, view.id, index)
+        took.append(time.perf_counter() - started)
+    first, last = statistics.median(took[:300]), statistics.median(took[-300:])
+    print(
+        f"\nledger work a chunk (SQLite, 3,000 chunks): first 300 {first * 1e3:.3f} ms, "
+        f"last 300 {last * 1e3:.3f} ms, median {statistics.median(took) * 1e3:.3f} ms"
+    )
+
+    assert ledger.get(ctx, view.id).result == 3000 * 3001 // 2
+    # Per chunk the ledger probes an index; it never counts the job's chunks.
+    assert last < 3 * first + 0.001

@@ -222,3 +222,18 @@ def test_a_chunk_of_a_job_another_ledger_has_is_an_error_naming_this_workers_led
     line = next(line for line in worker.log().splitlines() if f"job {'f' * 32}" in line)
     assert "ERROR/ForkPoolWorker" in line
     assert f"{stack.name}.sqlite (do caller and worker share BATCHAPP_DATABASE_URL?" in line
+
+
+def test_celery_tells_whether_a_chunk_of_a_job_is_in_flight(
+    stack: Stack, worker: CeleryProcess
+) -> None:
+    ctx = stack.ctx
+    lost = ledger.submit(ctx, "parallel_sum", {"n": 10}, lambda *_: None)
+    running = ledger.submit(ctx, "slow_sum", {"n": 1, "ms": 6000}, publish_chunks)
+    try:
+        # Once the running chunk's message has left the queue, nothing of `lost` is anywhere.
+        wait_until(lambda: not tasks.chunks_in_flight(lost), "the lost job seen idle", 20)
+        assert tasks.chunks_in_flight(running)
+    finally:
+        ledger.cancel(ctx, lost.id)
+        ledger.cancel(ctx, running.id)

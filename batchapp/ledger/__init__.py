@@ -33,6 +33,7 @@ from batchapp.ledger.states import (
     RUNNING,
     SKIPPED,
     SUCCEEDED,
+    JobStalledError,
     JobStateError,
     UnknownJobError,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "RUNNING",
     "SKIPPED",
     "SUCCEEDED",
+    "JobStalledError",
     "JobStateError",
     "JobView",
     "Publish",

@@ -24,8 +24,10 @@ from batchapp.ledger.states import (
     UnknownJobError,
 )
 from batchapp.ledger.transitions import (
+    chunk_may_move,
     chunk_state,
     fail_chunk,
+    finish_chunk,
     lock_job,
     move_chunks,
     move_job,
@@ -68,7 +70,7 @@ def run_chunk(
     if found is None:
         raise UnknownJobError(f"job {job_id} chunk {index} is not in the ledger")
     try:
-        if found.status != PENDING:
+        if not chunk_may_move(found.status, DONE):
             raise _Dropped(_WHY_DROPPED[found.status])
         if redelivered or (delivery or 0) > 1:
             _count_delivery(ctx, job_id, index, delivery)
@@ -80,20 +82,10 @@ def run_chunk(
             outcome = job.commit(connection, Chunk(job_id, found.params, found.spec, prepared), ctx)
             locked = lock_job(connection, job_id)
             state = chunk_state(connection, locked, index)
-            if state is None or state.status != PENDING:
+            if not chunk_may_move(state and state.status, DONE):
                 # Raising rolls back the output written above.
-                raise _Dropped(_WHY_DROPPED[None if state is None else state.status])
-            connection.execute(
-                statements.CHUNK_DONE,
-                key
-                | {
-                    "b_redelivered_now": redelivered,
-                    "b_items_done": outcome.items_done,
-                    "b_items_failed": outcome.items_failed,
-                    "b_output": outcome.output,
-                    "b_finished_at": utcnow(),
-                },
-            )
+                raise _Dropped(_WHY_DROPPED[state and state.status])
+            finish_chunk(connection, locked, index, outcome, redelivered=redelivered)
             settle(connection, locked)
     except _Dropped as dropped:
         return f"job {job_id} chunk {index} {dropped}"
@@ -124,7 +116,7 @@ def record_chunk_failure(
         except UnknownJobError:
             return
         state = chunk_state(connection, locked, index)
-        if state is None or state.status != PENDING:
+        if not chunk_may_move(state and state.status, FAILED):
             return
         fail_chunk(connection, locked, index, reason, redelivered=redelivered)
         settle(connection, locked)
@@ -136,8 +128,8 @@ def _count_delivery(ctx: JobContext, job_id: str, index: int, delivery: int | No
     with write_transaction(ctx.engine) as connection:
         locked = lock_job(connection, job_id)
         state = chunk_state(connection, locked, index)
-        if state is None or state.status != PENDING:
-            raise _Dropped(_WHY_DROPPED[None if state is None else state.status])
+        if not chunk_may_move(state and state.status, DONE):
+            raise _Dropped(_WHY_DROPPED[state and state.status])
         seen = max((state.deliveries or 1) + 1, delivery or 0)
         if seen <= limit:
             connection.execute(
@@ -167,7 +159,7 @@ def _claim_periodic_lock(ctx: JobContext, job_id: str) -> None:
         move_chunks(connection, locked, PENDING, CANCELLED)
         move_job(
             connection,
-            settle(connection, locked),
+            locked,
             SKIPPED,
             "it cannot be skipped",
             error=f"skipped: the run {holder} took over while this one waited in the queue",

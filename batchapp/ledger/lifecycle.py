@@ -94,9 +94,11 @@ def retry(ctx: JobContext, job_id: str, publish: Publish) -> list[int]:
     with write_transaction(ctx.engine) as connection:
         locked = lock_job(connection, job_id)
         if locked.status != RUNNING:
-            locked = move_job(connection, locked, RUNNING, "there is nothing to retry", error=None)
+            check_job_move(job_id, locked.status, RUNNING, "there is nothing to retry")
         move_chunks(connection, locked, FAILED, PENDING)
         move_chunks(connection, locked, CANCELLED, PENDING)
+        if locked.status != RUNNING:
+            locked = move_job(connection, locked, RUNNING, "there is nothing to retry", error=None)
         indexes = _pending(connection, locked)
         settle(connection, locked)
     if indexes:
@@ -113,7 +115,7 @@ def cancel(ctx: JobContext, job_id: str) -> JobView:
         stopped = move_chunks(connection, locked, PENDING, CANCELLED)
         move_job(
             connection,
-            settle(connection, locked),
+            locked,
             CANCELLED,
             "only a running job can be cancelled",
             error=f"cancelled; {len(stopped)} chunk(s) not run (batchapp retry {job_id} runs them)",
@@ -149,7 +151,7 @@ def reconcile(
             ).scalar_one()
             if locked.status != RUNNING or updated_at >= cutoff:
                 continue  # it moved meanwhile
-            # settle also marks the job as just seen, so it is republished once per period.
+            # settle also marks the job as just moved, so it is republished once per period.
             settled = settle(connection, locked)
             indexes = _pending(connection, settled) if settled.status == RUNNING else []
         if settled.status != RUNNING:

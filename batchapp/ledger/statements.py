@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, DateTime, Integer, bindparam, func, select, update
 
-from batchapp.ledger.states import CANCELLED, DONE, FAILED, PENDING
+from batchapp.ledger.states import DONE, PENDING
 from batchapp.tables import chunks, jobs
 
 FIND_CHUNK = (
@@ -53,32 +53,30 @@ CHUNK_DONE = (
     )
 )
 
-# A job's totals, derived from its chunk rows by two range scans of ix_batch_chunks_job_status
-# that never read the rows themselves: one over the chunks not done, one over those done.
-COUNT_NOT_DONE = (
-    select(chunks.c.status, func.count())
-    .where(
-        chunks.c.job_id == bindparam("b_job_id"),
-        chunks.c.status.in_([PENDING, FAILED, CANCELLED]),
+# A job's counts by chunk status: an index-only scan of ix_batch_chunks_job_status, run when
+# a job changes state and when a running job is read, never per chunk.
+CHUNK_COUNTS = (
+    select(
+        chunks.c.status,
+        func.count(),
+        func.coalesce(func.sum(chunks.c.items_done), 0),
+        func.coalesce(func.sum(chunks.c.items_failed), 0),
     )
+    .where(chunks.c.job_id == bindparam("b_job_id"))
     .group_by(chunks.c.status)
 )
-SUM_DONE = select(
-    func.count(),
-    func.coalesce(func.sum(chunks.c.items_done), 0),
-    func.coalesce(func.sum(chunks.c.items_failed), 0),
-).where(chunks.c.job_id == bindparam("b_job_id"), chunks.c.status == DONE)
 
-SET_COUNTS = (
+# Per chunk, whether any is left to run is one index probe, whatever the job's size.
+ANY_PENDING = (
+    select(chunks.c.idx)
+    .where(chunks.c.job_id == bindparam("b_job_id"), chunks.c.status == PENDING)
+    .limit(1)
+)
+
+TOUCH_JOB = (
     update(jobs)
     .where(jobs.c.id == bindparam("b_job_id"))
-    .values(
-        chunks_done=bindparam("b_done", type_=Integer),
-        chunks_failed=bindparam("b_failed", type_=Integer),
-        items_done=bindparam("b_items_done", type_=BigInteger),
-        items_failed=bindparam("b_items_failed", type_=BigInteger),
-        updated_at=bindparam("b_now", type_=DateTime),
-    )
+    .values(updated_at=bindparam("b_now", type_=DateTime))
 )
 
 COUNT_DELIVERY = (

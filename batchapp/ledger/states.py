@@ -47,6 +47,10 @@ class JobStateError(RuntimeError):
     """The job is not in a state that allows what was asked."""
 
 
+class JobStalledError(JobStateError):
+    """The job makes no progress and nothing of it is queued or running."""
+
+
 def check_job_move(job_id: str, current: str, new: str, what: str) -> None:
     """Raise :class:`JobStateError` unless a job may go from ``current`` to ``new``."""
     if new not in JOB_MOVES.get(current, frozenset()):

@@ -1,9 +1,10 @@
 """The one place a job's status and counters change, always under the job row's lock.
 
-Callers open a write transaction, :func:`lock_job`, change chunk rows through
-:func:`move_chunks`, and end with :func:`settle`, which derives the job's counts from its
-chunk rows and finishes the job when no chunk is left to run. Counts are never carried by
-hand, so no interleaving of deliveries, failures, retries and cancels can make them drift.
+Callers open a write transaction, :func:`lock_job`, change chunk rows, and end with
+:func:`settle` (which finishes the job when no chunk is left to run) or :func:`move_job`.
+A job's counts are derived from its chunk rows whenever its status changes (and whenever a
+running job is read, see views.py), never carried by hand, so no interleaving of deliveries,
+failures, retries and cancels can make them drift.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 
 from batchapp.jobs import get_job
-from batchapp.jobs.base import JSON, utcnow
+from batchapp.jobs.base import JSON, ChunkOutcome, utcnow
 from batchapp.ledger import locks, statements
+from batchapp.ledger.counts import derive
 from batchapp.ledger.states import (
-    CANCELLED,
     CHUNK_MOVES,
     FAILED,
     FINISHED,
@@ -64,11 +65,34 @@ def chunk_state(connection: Connection, job: LockedJob, index: int) -> Any:
     return connection.execute(statements.CHUNK_STATE, {"b_job_id": job.id, "b_idx": index}).first()
 
 
+def chunk_may_move(current: str | None, new: str) -> bool:
+    """Whether a chunk in ``current`` (None: no such chunk) may go to ``new``."""
+    return current is not None and new in CHUNK_MOVES[current]
+
+
+def finish_chunk(
+    connection: Connection, job: LockedJob, index: int, outcome: ChunkOutcome, *, redelivered: bool
+) -> None:
+    """Record a pending chunk done, with what its work produced."""
+    connection.execute(
+        statements.CHUNK_DONE,
+        {
+            "b_job_id": job.id,
+            "b_idx": index,
+            "b_redelivered_now": redelivered,
+            "b_items_done": outcome.items_done,
+            "b_items_failed": outcome.items_failed,
+            "b_output": outcome.output,
+            "b_finished_at": utcnow(),
+        },
+    )
+
+
 def move_chunks(
     connection: Connection, job: LockedJob, current: str, new: str, **values: Any
 ) -> list[int]:
     """Move the job's chunks in ``current`` to ``new``; returns their indexes."""
-    if new not in CHUNK_MOVES[current]:
+    if not chunk_may_move(current, new):
         raise ValueError(f"a chunk cannot go from {current} to {new}")
     return list(
         connection.execute(
@@ -100,10 +124,12 @@ def fail_chunk(
 def move_job(
     connection: Connection, job: LockedJob, new: str, what: str, **values: Any
 ) -> LockedJob:
-    """Change the job's status if the transition table allows it (else JobStateError)."""
+    """Change the job's status if the transition table allows it (else JobStateError), with
+    its counts derived from its chunks."""
     check_job_move(job.id, job.status, new, what)
     now = utcnow()
     finished = new in FINISHED
+    values |= derive(connection, job.id).job_values()
     values |= {"status": new, "updated_at": now, "finished_at": now if finished else None}
     connection.execute(update(jobs).where(jobs.c.id == job.id).values(values))
     if finished:
@@ -112,34 +138,20 @@ def move_job(
 
 
 def settle(connection: Connection, job: LockedJob) -> LockedJob:
-    """Derive the job's counts from its chunks; a running job with none left to run finishes."""
+    """After its chunks changed: a running job with no chunk left to run finishes (reduce or
+    fail); otherwise it is only marked as just moved (the reconciler looks for jobs that don't)."""
     key = {"b_job_id": job.id}
-    not_done: dict[str, int] = {
-        status: count for status, count in connection.execute(statements.COUNT_NOT_DONE, key)
-    }
-    done, items_done, items_failed = connection.execute(statements.SUM_DONE, key).one()
-    failed = not_done.get(FAILED, 0)
-    connection.execute(
-        statements.SET_COUNTS,
-        {
-            "b_job_id": job.id,
-            "b_done": done,
-            "b_failed": failed,
-            "b_items_done": items_done,
-            "b_items_failed": items_failed,
-            "b_now": utcnow(),
-        },
-    )
-    if job.status != RUNNING or not_done.get(PENDING) or not_done.get(CANCELLED):
+    if job.status != RUNNING or connection.execute(statements.ANY_PENDING, key).first():
+        connection.execute(statements.TOUCH_JOB, key | {"b_now": utcnow()})
         return job
+    failed = connection.execute(
+        select(chunks.c.idx, chunks.c.error)
+        .where(chunks.c.job_id == job.id, chunks.c.status == FAILED)
+        .order_by(chunks.c.idx)
+    ).all()
     if failed:
-        first = connection.execute(
-            select(chunks.c.idx, chunks.c.error)
-            .where(chunks.c.job_id == job.id, chunks.c.status == FAILED)
-            .order_by(chunks.c.idx)
-            .limit(1)
-        ).one()
-        error = f"{failed} chunk(s) failed; chunk {first.idx}: {first.error}"[:ERROR_KEEP]
+        first = failed[0]
+        error = f"{len(failed)} chunk(s) failed; chunk {first.idx}: {first.error}"[:ERROR_KEEP]
         return move_job(connection, job, FAILED, "it cannot fail", error=error)
     outputs = connection.execute(
         select(chunks.c.output).where(chunks.c.job_id == job.id).order_by(chunks.c.idx)

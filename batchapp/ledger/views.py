@@ -13,8 +13,18 @@ from sqlalchemy import Connection, Row, select
 from batchapp.db import read_transaction
 from batchapp.jobs import JobContext
 from batchapp.jobs.base import JSON
-from batchapp.ledger.states import CANCELLED, FINISHED, UnknownJobError
+from batchapp.ledger import counts
+from batchapp.ledger.states import (
+    CANCELLED,
+    FINISHED,
+    RUNNING,
+    JobStalledError,
+    UnknownJobError,
+)
 from batchapp.tables import chunks, ensure_schema, jobs
+
+STALL_AFTER_S = 10.0
+"""A job without progress this long is checked for chunks in flight (twice, to be sure)."""
 
 
 @dataclass(frozen=True)
@@ -48,8 +58,12 @@ class JobView:
         return self.chunks_total - self.chunks_done - self.chunks_failed
 
     @classmethod
-    def from_row(cls, row: Row[Any]) -> JobView:
-        return cls(**{name: getattr(row, name) for name in cls.__dataclass_fields__})
+    def from_row(cls, connection: Connection, row: Row[Any]) -> JobView:
+        """The job's row; a running job's counts are derived from its chunks as they are now."""
+        fields = {name: getattr(row, name) for name in cls.__dataclass_fields__}
+        if row.status == RUNNING:
+            fields |= counts.derive(connection, row.id).job_values()
+        return cls(**fields)
 
 
 def view(connection: Connection, job_id: str) -> JobView:
@@ -57,7 +71,7 @@ def view(connection: Connection, job_id: str) -> JobView:
     row = connection.execute(select(jobs).where(jobs.c.id == job_id)).first()
     if row is None:
         raise UnknownJobError(f"no job with id {job_id!r}")
-    return JobView.from_row(row)
+    return JobView.from_row(connection, row)
 
 
 def get(ctx: JobContext, job_id: str) -> JobView:
@@ -74,7 +88,7 @@ def recent(ctx: JobContext, limit: int = 20) -> list[JobView]:
         rows = connection.execute(
             select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
         )
-        return [JobView.from_row(row) for row in rows]
+        return [JobView.from_row(connection, row) for row in rows]
 
 
 def chunk_rows(ctx: JobContext, job_id: str) -> list[Row[Any]]:
@@ -105,17 +119,40 @@ def wait(
     *,
     timeout: float | None = None,
     on_progress: Callable[[JobView], None] | None = None,
+    in_flight: Callable[[JobView], bool] | None = None,
+    stall_after: float = STALL_AFTER_S,
 ) -> JobView:
-    """Poll until the job has finished (from 1 ms, backing off by 20% to 0.2 s)."""
+    """Poll until the job has finished (from 1 ms, backing off by 20% to 0.2 s).
+
+    ``in_flight`` (asked after ``stall_after`` seconds without progress) says whether any chunk
+    of the job may still be queued or running; twice no in a row is :class:`JobStalledError`.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     nap = 0.001
+    progress: tuple[int, int] | None = None
+    check_at = time.monotonic() + stall_after
+    idle_checks = 0
     while True:
         current = get(ctx, job_id)
         if on_progress is not None:
             on_progress(current)
         if current.finished:
             return current
-        if deadline is not None and time.monotonic() >= deadline:
+        now = time.monotonic()
+        if (current.chunks_done, current.chunks_failed) != progress:
+            progress = (current.chunks_done, current.chunks_failed)
+            check_at, idle_checks = now + stall_after, 0
+        elif in_flight is not None and now >= check_at:
+            idle_checks = 0 if in_flight(current) else idle_checks + 1
+            check_at = now + stall_after / 2
+            if idle_checks == 2:
+                raise JobStalledError(
+                    f"job {job_id} made no progress for {stall_after:g} s and none of its "
+                    "chunks is queued or running: are the workers using another ledger "
+                    "(BATCHAPP_DATABASE_URL) or another broker? `batchapp retry "
+                    f"{job_id}` publishes its chunks again"
+                )
+        if deadline is not None and now >= deadline:
             raise TimeoutError(f"job {job_id} still {current.status} after {timeout:g} s")
         time.sleep(nap)
         nap = min(nap * 1.2, 0.2)
