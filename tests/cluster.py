@@ -47,11 +47,13 @@ def _executable(name: str) -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+def _free_ports(count: int) -> list[int]:
+    """``count`` distinct ports free on 127.0.0.1 now (all held open while they are picked)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in probes]
 
 
 @dataclass
@@ -89,9 +91,13 @@ class RabbitCluster:
     def create(cls, size: int = 3) -> RabbitCluster:
         root = Path(tempfile.mkdtemp(prefix="batchapp-cluster-"))
         tag = uuid.uuid4().hex[:6]
+        ports = _free_ports(2 * size)  # an AMQP and an Erlang distribution port per node
         nodes = [
             Node(
-                f"batchapp-{tag}-{i + 1}@localhost", _free_port(), _free_port(), root / f"n{i + 1}"
+                f"batchapp-{tag}-{i + 1}@localhost",
+                ports[2 * i],
+                ports[2 * i + 1],
+                root / f"n{i + 1}",
             )
             for i in range(size)
         ]
@@ -107,9 +113,6 @@ class RabbitCluster:
             (node.home / "log").mkdir(parents=True)
             (node.home / "rabbitmq.conf").write_text(
                 f"listeners.tcp.local = 127.0.0.1:{node.port}\n"
-                "loopback_users.guest = true\n"
-                # Tests check the counts; a crowded machine must not trip the memory alarm.
-                "vm_memory_high_watermark.absolute = 2GB\n"
             )
             (node.home / "enabled_plugins").write_text("[].\n")
             # Its own env file, so /etc/rabbitmq/rabbitmq-env.conf's NODENAME does not apply.
@@ -238,10 +241,9 @@ class RabbitCluster:
         self.ctl(self.nodes[0], "set_permissions", "-p", name, "guest", ".*", ".*", ".*")
         return name
 
-    def broker_url(self, vhost: str, first: int = 0) -> str:
-        """All members' URLs, ``;``-separated (kombu's failover list), node ``first`` first."""
-        order = self.nodes[first:] + self.nodes[:first]
-        return ";".join(node.url(vhost) for node in order)
+    def broker_url(self, vhost: str) -> str:
+        """All members' URLs, ``;``-separated: kombu's failover list, node 0 first."""
+        return ";".join(node.url(vhost) for node in self.nodes)
 
     def close(self) -> None:
         """Stop every node (SIGTERM, then SIGKILL) and remove the folder."""
@@ -254,7 +256,7 @@ class RabbitCluster:
             if node.process is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     node.process.wait(30)
-                # What is left of its process group (erl_child_setup, a hung VM) goes too.
+                # A node that ignored SIGTERM (or the script around it) goes now.
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(node.process.pid, signal.SIGKILL)
                 node.process.wait()
