@@ -45,6 +45,7 @@ WAIT = 120.0
 # The issue's job: 3,000 chunks, enough to be mid-way when a node stops.
 CHUNKS, CHUNK_SIZE = 3_000, 1_000
 DONE_LINE = re.compile(r"job (\w+) chunk (\d+) done:")
+TICK, TICK_FAILED = "Sending due task calculate-sum", "Couldn't apply scheduled task"
 
 
 @pytest.fixture(scope="module")
@@ -191,9 +192,13 @@ def longest_pause(ctx: JobContext, job_id: str) -> float:
 
 def two_workers(stack: Stack) -> list[CeleryProcess]:
     """The module's two running workers, started if needed."""
-    while len(running := [p for p in stack.started if p.popen.poll() is None]) < 2:
+
+    def running() -> list[CeleryProcess]:
+        return [p for p in stack.started if p.command == "worker" and p.popen.poll() is None]
+
+    while len(running()) < 2:
         stack.worker(f"c{len(stack.started) + 1}")
-    return running
+    return running()
 
 
 def durable_queue_types(cluster: RabbitCluster, vhost: str) -> dict[str, str]:
@@ -257,12 +262,14 @@ def test_workers_fail_over_when_their_broker_node_stops(
     stack = cluster_stack
     first = cluster.nodes[0]
     workers = two_workers(stack)
+    beat = stack.beat(BATCHAPP_BEAT_INTERVAL="1")
     assert {connected_port(worker) for worker in workers} == {first.port}
     job_id = submit_sum(stack)
     caller = start_caller(stack.env, seconds=8)  # publishing before, during and after
     wait_until(lambda: ledger.get(stack.ctx, job_id).chunks_done >= CHUNKS // 5, "20% done")
 
     at_stop = ledger.get(stack.ctx, job_id).chunks_done
+    ticks_at_stop = beat.log().count(TICK)
     cluster.stop_node(first)
     for worker in workers:
         wait_until(
@@ -271,6 +278,10 @@ def test_workers_fail_over_when_their_broker_node_stops(
     view = assert_exact(stack, job_id)
     during = caller_outcome(caller)
     after = caller_outcome(start_caller(stack.env, seconds=1))
+    wait_until(lambda: beat.log().count(TICK) >= ticks_at_stop + 3, "3 ticks after the stop")
+    beat_survived = beat.popen.poll() is None
+    beat.stop()
+    stack.started.remove(beat)
 
     seen = effects(stack, job_id)
     reconnects = [reconnect_seconds(worker) for worker in workers]
@@ -282,9 +293,12 @@ def test_workers_fail_over_when_their_broker_node_stops(
         f"between chunk commits {pause:.2f} s; {seen.dropped} duplicate deliveries dropped, "
         f"{seen.redelivered} redelivered; calls during the outage: {during['published']} "
         f"published, {during['failed']} failed {during['errors']}, {during['right']} results "
-        f"right; after: {after['right']}/{after['calls']} right"
+        f"right; after: {after['right']}/{after['calls']} right; beat sent "
+        f"{beat.log().count(TICK) - ticks_at_stop} ticks after the stop began, "
+        f"{beat.log().count(TICK_FAILED)} failed"
     )
     assert all(worker.popen.poll() is None for worker in workers)
+    assert beat_survived
     types = durable_queue_types(cluster, vhost)
     assert set(queues.ALL) <= set(types)
     assert set(types.values()) == {"quorum"}, types
