@@ -23,7 +23,7 @@ from amqp.exceptions import ChannelError
 from celery.exceptions import QueueNotFound
 from kombu.connection import Connection
 
-from batchapp import ledger, queues, routing
+from batchapp import ledger, processes, queues, routing
 from batchapp.celery import app
 from batchapp.jobs import JobContext
 from batchapp.processes import CeleryProcess
@@ -149,11 +149,11 @@ def test_calls_wait_at_most_for_one_chunk_during_a_big_import(
     )
 
     assert max(latencies) < CALL_BOUND_S, sorted(latencies)[-5:]
-    assert done.status == "succeeded" and done.chunks_done == BIG_IMPORT_ROWS // CHUNK_ROWS
-    assert len(latencies) >= 10, "the import ended before enough calls were measured"
     # Waiting for one running chunk: a call that arrives at a random moment waits for about
     # half of it; the slack covers the call's own round trip on a busy machine.
     assert median_call <= median_chunk + 0.05, (median_call, median_chunk)
+    assert done.status == "succeeded" and done.chunks_done == BIG_IMPORT_ROWS // CHUNK_ROWS
+    assert len(latencies) >= 10, "the import ended before enough calls were measured"
 
 
 def count_ticks(beat: CeleryProcess, worker_log: str) -> dict[str, tuple[int, int]]:
@@ -435,3 +435,20 @@ def test_a_chunk_retried_after_a_database_outage_comes_back_through_the_broker(
     job = json.loads(out)
 
     assert (job["status"], job["result"]) == ("succeeded", 500500), err
+
+
+def test_a_worker_whose_queue_type_differs_from_the_brokers_stops_and_says_why(
+    stack: Stack,
+) -> None:
+    with app.connection_for_write() as connection:
+        for queue in app.amqp.queues.values():
+            queue(connection.default_channel).declare()  # as quorum queues, the default
+    log = RUN_DATA_DIR / "logs" / "queues-wrong-type.log"
+    worker = processes.worker({**stack.env, "BATCHAPP_QUEUE_TYPE": "classic"}, log)
+    try:
+        exit_status = worker.popen.wait(timeout=60)
+    finally:
+        worker.stop()
+
+    assert exit_status != 0
+    assert "inequivalent arg 'x-queue-type' for queue 'batchapp." in worker.log()
