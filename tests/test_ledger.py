@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -686,3 +688,51 @@ def test_ledger_work_a_chunk_stays_flat_over_a_3000_chunk_job(tmp_path: Path) ->
     assert ledger.get(ctx, view.id).result == 3000 * 3001 // 2
     # Per chunk the ledger probes an index; it never counts the job's chunks.
     assert last < 3 * first + 0.001
+
+
+def test_a_chunk_committing_when_its_job_is_cancelled_waits_and_is_dropped(
+    ctx: JobContext,
+) -> None:
+    write_csv(ctx, "race.csv", 30)
+    view = ledger.submit(ctx, "import_csv", {"path": "race.csv"}, Published())
+
+    results = Interleaving(ctx.engine).run(
+        lambda: ledger.cancel(ctx, view.id),
+        lambda: ledger.run_chunk(ctx, view.id, 0),
+    )
+
+    assert "was cancelled; dropped" in results["second"]
+    with ctx.engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(sales)).scalar() == 0
+    cancelled = ledger.get(ctx, view.id)
+    assert (cancelled.status, cancelled.chunks_done, cancelled.chunks_cancelled) == (
+        "cancelled",
+        0,
+        1,
+    )
+
+
+def test_a_cancel_waits_for_a_chunk_committing_and_keeps_its_output(ctx: JobContext) -> None:
+    view = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, Published())
+
+    results = Interleaving(ctx.engine).run(
+        lambda: ledger.run_chunk(ctx, view.id, 0),
+        lambda: ledger.cancel(ctx, view.id),
+    )
+
+    assert "done: 10 items" in results["first"]
+    assert (results["second"].status, results["second"].chunks_done) == ("cancelled", 1)
+    assert chunk_statuses(ctx, view.id) == ["done", "cancelled"]
+    assert ledger.retry(ctx, view.id, Published()) == [1]
+    ledger.run_chunk(ctx, view.id, 1)
+    assert ledger.get(ctx, view.id).result == 210
+
+
+def test_the_ledger_does_not_import_celery() -> None:
+    code = (
+        "import sys, batchapp.ledger; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'celery', 'kombu', 'billiard'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert done.stdout.strip() == "[]"

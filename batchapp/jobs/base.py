@@ -6,13 +6,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine
 
 from batchapp import queues
-from batchapp.settings import Settings
+
+if TYPE_CHECKING:
+    # Only for annotations: the settings module pulls in Celery, which the ledger never needs.
+    from batchapp.settings import Settings
 
 JSON = Any
 MAX_CHUNKS = 10_000

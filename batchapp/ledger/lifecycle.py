@@ -19,6 +19,7 @@ from batchapp.ledger.states import (
     PENDING,
     RUNNING,
     SKIPPED,
+    UnknownJobError,
     check_job_move,
 )
 from batchapp.ledger.transitions import LockedJob, lock_job, move_chunks, move_job, settle
@@ -93,11 +94,10 @@ def retry(ctx: JobContext, job_id: str, publish: Publish) -> list[int]:
     ensure_schema(ctx.engine)
     with write_transaction(ctx.engine) as connection:
         locked = lock_job(connection, job_id)
-        if locked.status != RUNNING:
-            check_job_move(job_id, locked.status, RUNNING, "there is nothing to retry")
         move_chunks(connection, locked, FAILED, PENDING)
         move_chunks(connection, locked, CANCELLED, PENDING)
         if locked.status != RUNNING:
+            # A job that may not run again raises here, which rolls the chunk moves back.
             locked = move_job(connection, locked, RUNNING, "there is nothing to retry", error=None)
         indexes = _pending(connection, locked)
         settle(connection, locked)
@@ -145,7 +145,10 @@ def reconcile(
     done: dict[str, str] = {}
     for job_id in stale:
         with write_transaction(ctx.engine) as connection:
-            locked = lock_job(connection, job_id)
+            try:
+                locked = lock_job(connection, job_id)
+            except UnknownJobError:
+                continue  # removed by cleanup meanwhile
             updated_at = connection.execute(
                 select(jobs.c.updated_at).where(jobs.c.id == job_id)
             ).scalar_one()

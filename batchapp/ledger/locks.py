@@ -8,12 +8,16 @@ run and steps aside instead of running beside it.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, select, update
 
 from batchapp.db import dialect_insert
-from batchapp.settings import Settings
 from batchapp.tables import locks
+
+if TYPE_CHECKING:
+    # Only for annotations: the settings module pulls in Celery, which the ledger never needs.
+    from batchapp.settings import Settings
 
 
 def lock_ttl(settings: Settings) -> timedelta:
