@@ -229,9 +229,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Retry the broker at start and after a drop instead of exiting (Celery 6 default).
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,
-        # A channel error while the consumer (re)connects is retried, not fatal: after a
-        # failover the departing node may still hold the worker's exclusive control queue for
-        # a moment, and RESOURCE_LOCKED used to end the worker ("Unrecoverable error").
+        # A recoverable channel error while the consumer (re)connects is retried, not fatal:
+        # after a failover the node left behind may still hold the worker's exclusive control
+        # queue for a moment (RESOURCE_LOCKED). batchapp's consumer narrows this to recoverable
+        # errors, so a queue declared with other arguments still stops the worker.
         "broker_channel_error_retry": True,
         "result_backend": settings.result_backend,
         # 'db' URLs get batchapp's backend: WAL, one upsert per result, fast polling get().
