@@ -120,3 +120,12 @@ class BatchappTask(Task):  # type: ignore[misc]
             raise KombuOperationalError(
                 f"cannot publish {self.name}: the broker connection is closed ({exc})"
             ) from exc
+        except KombuOperationalError as exc:
+            # A nack still there after the publish retries reads as an empty OperationalError.
+            if not isinstance(exc.__cause__, MessageNacked):
+                raise
+            raise KombuOperationalError(
+                f"cannot publish {self.name}: RabbitMQ refused it (nack) on each retry, as a "
+                "quorum queue does while it elects a new leader (a cluster node just stopped); "
+                "it was not queued: publish it again"
+            ) from exc

@@ -7,10 +7,12 @@ import re
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
 from dotenv import dotenv_values
+from sqlalchemy.engine import make_url
 
 from batchapp import queues
 from batchapp.settings import Settings, load
@@ -32,7 +34,8 @@ def duration_s(text: str) -> float:
 
 
 def test_services_are_rabbitmq_worker_beat_and_flower() -> None:
-    assert set(SERVICES) == {"rabbitmq", *WORKERS, "beat", "flower"}
+    default = {name for name, service in SERVICES.items() if "profiles" not in service}
+    assert default == {"rabbitmq", *WORKERS, "beat", "flower"}
 
 
 def test_two_beats_run_one_leading_by_lease() -> None:
@@ -167,3 +170,73 @@ def test_worker_and_beat_send_task_events_from_the_start_for_flower() -> None:
     for name in ("worker", "beat"):
         value = SERVICES[name]["environment"]["BATCHAPP_TASK_EVENTS"]
         assert load({"BATCHAPP_TASK_EVENTS": value}).task_events, name
+
+
+CLUSTER_NODES = ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"]
+CLUSTER_APPS = {
+    "cluster-worker": "worker",
+    "cluster-chunk-worker": "chunk-worker",
+    "cluster-beat": "beat",
+}
+
+
+def with_env_example(value: str) -> str:
+    """``value`` with its ${VAR} (and ${VAR:?message}) filled in from .env.example."""
+    values = dotenv_values(ENV_EXAMPLE)
+    return re.sub(r"\$\{(\w+)(?::?[?-][^}]*)?\}", lambda m: values[m[1]] or "", value)
+
+
+def test_cluster_profile_runs_three_clustered_nodes_postgres_and_the_app_on_them() -> None:
+    profiled = {name for name, service in SERVICES.items() if "profiles" in service}
+    conf = (ROOT / "docker" / "rabbitmq-cluster.conf").read_text()
+    peers = re.findall(
+        r"^cluster_formation\.classic_config\.nodes\.\d+ = rabbit@(\S+)$", conf, re.M
+    )
+    node_volumes = [SERVICES[name]["volumes"] for name in CLUSTER_NODES]
+
+    assert profiled == {*CLUSTER_NODES, "postgres", *CLUSTER_APPS}
+    assert all(SERVICES[name]["profiles"] == ["cluster"] for name in profiled)
+    assert "cluster_formation.peer_discovery_backend = classic_config" in conf
+    assert peers == CLUSTER_NODES
+    for name, volumes in zip(CLUSTER_NODES, node_volumes, strict=True):
+        node = SERVICES[name]
+        assert node["hostname"] == name
+        assert node["image"] == SERVICES["rabbitmq"]["image"]
+        assert (
+            "./docker/rabbitmq-cluster.conf:/etc/rabbitmq/conf.d/90-batchapp-cluster.conf:ro"
+            in volumes
+        )
+        assert '$$ERLANG_COOKIE" > /var/lib/rabbitmq/.erlang.cookie' in node["entrypoint"][-1]
+        assert node["environment"]["ERLANG_COOKIE"].startswith("${RABBITMQ_ERLANG_COOKIE:?")
+        assert "rabbitmq-diagnostics" in node["healthcheck"]["test"]
+    # Each node keeps its own data; the second and third join the first once it is up.
+    assert len({volumes[-1] for volumes in node_volumes}) == 3
+    for name in CLUSTER_NODES[1:]:
+        assert SERVICES[name]["depends_on"]["rabbitmq-1"]["condition"] == "service_healthy"
+
+
+def test_cluster_profile_apps_get_every_node_quorum_queues_and_postgresql() -> None:
+    for name, twin in CLUSTER_APPS.items():
+        service = SERVICES[name]
+        environment = {
+            key: with_env_example(value) for key, value in service["environment"].items()
+        }
+        settings = load(environment)
+        hosts = [urlsplit(url).hostname for url in settings.broker_url.split(";")]
+
+        assert hosts == CLUSTER_NODES
+        assert settings.queue_type == "quorum"
+        assert make_url(settings.database_url).host == "postgres"
+        assert settings.result_backend == f"db+{settings.database_url}"
+        assert service["command"] == SERVICES[twin]["command"]
+        assert set(service["depends_on"]) == {*CLUSTER_NODES, "postgres"}
+        assert all(dep["condition"] == "service_healthy" for dep in service["depends_on"].values())
+    assert SERVICES["cluster-beat"].get("deploy", {}).get("replicas", 1) == 1
+
+
+def test_cluster_profile_secrets_are_required_and_placeholders() -> None:
+    values = dotenv_values(ENV_EXAMPLE)
+
+    for name in ("RABBITMQ_ERLANG_COOKIE", "POSTGRES_PASSWORD"):
+        assert f"${{{name}:?" in COMPOSE_TEXT
+        assert values[name] and "change-me" in values[name]

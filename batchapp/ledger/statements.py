@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Integer, bindparam, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Integer,
+    bindparam,
+    cast,
+    func,
+    select,
+    update,
+)
 
 from batchapp.ledger.states import DONE, PENDING
 from batchapp.tables import chunks, jobs
@@ -59,8 +69,9 @@ CHUNK_COUNTS = (
     select(
         chunks.c.status,
         func.count(),
-        func.coalesce(func.sum(chunks.c.items_done), 0),
-        func.coalesce(func.sum(chunks.c.items_failed), 0),
+        # PostgreSQL sums bigints as numeric (Decimal in Python, which JSON refuses).
+        cast(func.coalesce(func.sum(chunks.c.items_done), 0), BigInteger),
+        cast(func.coalesce(func.sum(chunks.c.items_failed), 0), BigInteger),
     )
     .where(chunks.c.job_id == bindparam("b_job_id"))
     .group_by(chunks.c.status)
