@@ -47,12 +47,11 @@ def _errors_as_one_line() -> Iterator[None]:
         raise click.ClickException(str(exc)) from None
     except (OSError, KombuOperationalError) as exc:
         # The broker (or database) is unreachable: say so, with the URL minus its password.
-        from kombu.utils.url import maybe_sanitize_url
-
         from batchapp.celery import settings
+        from batchapp.settings import mask_url
 
         raise click.ClickException(
-            f"cannot reach the broker at {maybe_sanitize_url(settings.broker_url)}: {exc}"
+            f"cannot reach the broker at {mask_url(settings.broker_url)}: {exc}"
         ) from None
 
 

@@ -16,6 +16,8 @@ from amqp.exceptions import MessageNacked
 from celery import Task
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from batchapp.delays import delay_options
+
 CONFIRM_TIMEOUT_S = 30.0
 
 
@@ -73,10 +75,12 @@ def _confirm_mode(channel: Any) -> list[int]:
 
 
 class BatchappTask(Task):  # type: ignore[misc]
-    """Every batchapp task: a publish on a connection the broker closed fails as a connection
-    error, not as kombu's ``AttributeError`` for a closed pooled connection (celery/kombu#690)."""
+    """Every batchapp task: countdowns that quorum queues can carry (see delays.py), and a publish
+    on a connection the broker closed fails as a connection error, not as kombu's
+    ``AttributeError`` for a closed pooled connection (celery/kombu#690)."""
 
     def apply_async(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs = delay_options(self.app, kwargs)
         try:
             return super().apply_async(*args, **kwargs)
         except AttributeError as exc:

@@ -15,17 +15,24 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from celery.app.utils import sanitize_url
 from dotenv import load_dotenv
-from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from batchapp import routing
 from batchapp.schedule import beat_schedule
 
 PREFIX = "BATCHAPP_"
 BROKER_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "filesystem", "memory", "redis", "rediss"})
 RESULT_SCHEMES = frozenset({"rpc", "redis", "rediss", "disabled"})
 DATABASE_DIALECTS = frozenset({"sqlite", "postgresql"})
+
+# Quorum by default: RabbitMQ applies prefetch per consumer to them, so a chunk backlog can
+# never take a call's or a tick's place on a worker; countdowns wait on the broker (native
+# delayed delivery), not in a worker; the broker caps a poison chunk's deliveries; and a
+# queue survives losing a node of a cluster. Classic is for brokers older than RabbitMQ 3.10.
+QUEUE_TYPE_DEFAULT = "quorum"
 
 T = TypeVar("T")
 
@@ -49,6 +56,7 @@ class Settings:
     prefetch_multiplier: int
     # A chunk delivered this many times without finishing (its process died each time) fails.
     max_deliveries: int
+    queue_type: str
 
     @property
     def broker_is_filesystem(self) -> bool:
@@ -93,6 +101,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         beat_interval=env.get("BEAT_INTERVAL", _positive(float), 60.0),
         prefetch_multiplier=env.get("PREFETCH_MULTIPLIER", _positive(int), 1),
         max_deliveries=env.get("MAX_DELIVERIES", _positive(int), 3),
+        queue_type=env.get("QUEUE_TYPE", _queue_type, QUEUE_TYPE_DEFAULT),
     )
 
 
@@ -126,23 +135,48 @@ def _positive(kind: Callable[[str], T]) -> Callable[[str], T]:
 def _scheme(url: str) -> str:
     scheme = urlsplit(url).scheme if "://" in url else ""
     if not scheme:
-        raise ValueError(f"{maybe_sanitize_url(url)!r} is not a URL (expected scheme://...)")
+        raise ValueError(f"{mask_url(url)!r} is not a URL (expected scheme://...)")
     return scheme
 
 
-def _broker_url(url: str) -> str:
+def mask_url(url: str) -> str:
+    """``url`` with its password masked; in a ``;``-separated failover list, every one's."""
+    # Celery's own, which kombu's maybe_sanitize_url is not: that one masks the first only.
+    return str(sanitize_url(url, mask="**"))
+
+
+def _broker_url(value: str) -> str:
+    """One broker URL, or a failover list (``url1;url2;...``, kombu's syntax), each checked."""
+    urls = [part.strip() for part in value.split(";")]
+    if "" in urls:
+        raise ValueError(
+            f"empty URL in the failover list {mask_url(value)!r} (separate URLs by ';')"
+        )
+    transports = {_broker_transport(url) for url in urls}
+    if len(urls) > 1 and transports & {"filesystem", "memory"}:
+        raise ValueError(f"an embedded broker cannot be in a failover list: {mask_url(value)!r}")
+    if len(transports) > 1:
+        raise ValueError(
+            f"every URL of a failover list must use one transport, got "
+            f"{', '.join(sorted(transports))} in {mask_url(value)!r}"
+        )
+    return ";".join(urls)
+
+
+def _broker_transport(url: str) -> str:
     scheme = _scheme(url)
     if scheme not in BROKER_SCHEMES:
         raise ValueError(
-            f"unsupported broker scheme {scheme!r} in {maybe_sanitize_url(url)!r}; "
+            f"unsupported broker scheme {scheme!r} in {mask_url(url)!r}; "
             f"use one of {', '.join(sorted(BROKER_SCHEMES))}"
         )
     if scheme.startswith(("amqp", "pyamqp")):
         try:
             urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
         except ValueError as exc:
-            raise ValueError(f"{maybe_sanitize_url(url)!r}: {exc}") from None
-    return url
+            raise ValueError(f"{mask_url(url)!r}: {exc}") from None
+    # amqp:// and pyamqp:// name the same transport.
+    return scheme.removeprefix("py")
 
 
 def _result_backend(url: str) -> str:
@@ -151,7 +185,7 @@ def _result_backend(url: str) -> str:
         _database_url(url.removeprefix("db+"))
     elif scheme not in RESULT_SCHEMES:
         raise ValueError(
-            f"unsupported result backend {maybe_sanitize_url(url)!r}; use db+sqlite:///PATH, "
+            f"unsupported result backend {mask_url(url)!r}; use db+sqlite:///PATH, "
             f"db+postgresql://..., or one of {', '.join(sorted(RESULT_SCHEMES))}"
         )
     return url
@@ -161,13 +195,19 @@ def _database_url(url: str) -> str:
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise ValueError(f"{maybe_sanitize_url(url)!r} is not an SQLAlchemy URL") from None
+        raise ValueError(f"{mask_url(url)!r} is not an SQLAlchemy URL") from None
     if parsed.get_backend_name() not in DATABASE_DIALECTS:
         raise ValueError(
             f"unsupported database {parsed.get_backend_name()!r} in "
             f"{parsed.render_as_string(hide_password=True)!r}; use sqlite or postgresql"
         )
     return url
+
+
+def _queue_type(name: str) -> str:
+    if name not in routing.QUEUE_TYPES:
+        raise ValueError(f"expected one of {', '.join(routing.QUEUE_TYPES)}, got {name!r}")
+    return name
 
 
 def _timezone(name: str) -> str:
@@ -222,11 +262,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Task events cost ~1 ms a task (three publishes); Flower switches them on when it runs,
         # and `celery -A batchapp worker -E` does too.
         "worker_send_task_events": False,
-        "beat_schedule": beat_schedule(settings.beat_interval),
+        "beat_schedule": routing.ticks_on_periodic(beat_schedule(settings.beat_interval)),
         "beat_schedule_filename": str(settings.data_dir / "celerybeat-schedule"),
         # Save beat's state after every send: a beat killed and restarted won't resend a tick.
         "beat_sync_every": 1,
         "imports": [],
+        **routing.celery_routing(settings.queue_type, settings.max_deliveries),
     }
     if settings.broker_is_filesystem:
         broker_dir = settings.data_dir / "broker"

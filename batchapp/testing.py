@@ -10,7 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from kombu.connection import Connection
-from kombu.utils.url import maybe_sanitize_url
+
+from batchapp.settings import mask_url
 
 RABBITMQ_HOST = "127.0.0.1:5672"
 START_RABBITMQ = "rabbitmq-server -detached && rabbitmqctl await_startup"
@@ -27,8 +28,7 @@ def require_broker(url: str, timeout: float = 3.0) -> None:
             connection.ensure_connection(max_retries=1, timeout=timeout)
     except Exception as exc:
         raise BrokerUnreachable(
-            f"RabbitMQ is not reachable at {maybe_sanitize_url(url)} ({exc}); "
-            f"start it with: {START_RABBITMQ}"
+            f"RabbitMQ is not reachable at {mask_url(url)} ({exc}); start it with: {START_RABBITMQ}"
         ) from None
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from celery.exceptions import NotRegistered
-from kombu import Exchange, Producer
+from kombu import Producer
 
-from batchapp import ledger
+from batchapp import ledger, queues, routing
 from batchapp.celery import app
 from batchapp.processes import CeleryProcess
 from batchapp.sales_csv import COLUMNS, write_sample
@@ -37,8 +37,8 @@ def publish_raw(body: bytes, content_type: str, task: str = "batchapp.tasks.calc
     with app.connection_for_write() as connection:
         Producer(connection.default_channel).publish(
             body,
-            exchange=Exchange("celery", type="direct"),
-            routing_key="celery",
+            exchange=routing.EXCHANGE,
+            routing_key=queues.CALLS,
             content_type=content_type,
             content_encoding="utf-8" if "json" in content_type else "binary",
             headers={"task": task, "id": task_id, "lang": "py", "argsrepr": "", "kwargsrepr": ""},

@@ -12,6 +12,7 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
+from batchapp import queues
 from batchapp.settings import Settings, load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +22,7 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 BEAT_SCRIPT = (ROOT / "docker" / "beat-start.sh").read_text()
 ENV_EXAMPLE = ROOT / ".env.example"
 REQUIRED_SECRETS = ("RABBITMQ_USER", "RABBITMQ_PASSWORD", "FLOWER_BASIC_AUTH")
+WORKERS = ("worker", "chunk-worker")
 
 
 def duration_s(text: str) -> float:
@@ -30,25 +32,38 @@ def duration_s(text: str) -> float:
 
 
 def test_services_are_rabbitmq_worker_beat_and_flower() -> None:
-    assert set(SERVICES) == {"rabbitmq", "worker", "beat", "flower"}
+    assert set(SERVICES) == {"rabbitmq", *WORKERS, "beat", "flower"}
 
 
 def test_exactly_one_beat_runs() -> None:
-    worker_command = SERVICES["worker"]["command"]
-
     assert SERVICES["beat"].get("deploy", {}).get("replicas", 1) == 1
-    assert "-B" not in worker_command and "--beat" not in worker_command
+    for name in WORKERS:
+        worker_command = SERVICES[name]["command"]
+        assert "-B" not in worker_command and "--beat" not in worker_command
 
 
 def test_worker_and_beat_share_one_image_built_by_the_dockerfile() -> None:
-    worker, beat = SERVICES["worker"], SERVICES["beat"]
+    beat = SERVICES["beat"]
 
-    assert worker["build"] == beat["build"] == "."
-    assert worker["image"] == beat["image"]
+    for name in WORKERS:
+        assert SERVICES[name]["build"] == beat["build"] == "."
+        assert SERVICES[name]["image"] == beat["image"]
 
 
-def test_worker_runs_the_celery_worker_command_the_tests_run() -> None:
-    assert SERVICES["worker"]["command"][:4] == ["celery", "-A", "batchapp", "worker"]
+@pytest.mark.parametrize("name", WORKERS)
+def test_workers_run_the_celery_worker_command_the_tests_run(name: str) -> None:
+    assert SERVICES[name]["command"][:4] == ["celery", "-A", "batchapp", "worker"]
+
+
+def consumed(name: str) -> list[str]:
+    command = SERVICES[name]["command"]
+    return str(command[command.index("-Q") + 1]).split(",")
+
+
+def test_calls_and_ticks_have_a_worker_and_chunks_a_scalable_one_of_their_own() -> None:
+    assert consumed("worker") == [queues.CALLS, queues.PERIODIC]
+    assert consumed("chunk-worker") == [queues.CHUNKS]
+    assert "deploy" not in SERVICES["chunk-worker"]
 
 
 def test_beat_start_script_removes_the_stale_pid_file_then_runs_beat() -> None:
@@ -61,7 +76,7 @@ def test_beat_start_script_removes_the_stale_pid_file_then_runs_beat() -> None:
 
 
 def test_data_volume_is_shared_at_the_absolute_data_dir() -> None:
-    for name in ("worker", "beat"):
+    for name in (*WORKERS, "beat"):
         service = SERVICES[name]
         data_dir = service["environment"]["BATCHAPP_DATA_DIR"]
         mounts = [volume.split(":")[1] for volume in service["volumes"]]
@@ -70,8 +85,9 @@ def test_data_volume_is_shared_at_the_absolute_data_dir() -> None:
         assert data_dir in mounts
 
 
-def test_worker_grace_period_outlasts_the_task_time_limit() -> None:
-    assert duration_s(SERVICES["worker"]["stop_grace_period"]) > load({}).task_time_limit
+@pytest.mark.parametrize("name", WORKERS)
+def test_worker_grace_period_outlasts_the_task_time_limit(name: str) -> None:
+    assert duration_s(SERVICES[name]["stop_grace_period"]) > load({}).task_time_limit
 
 
 def test_every_compose_variable_has_a_value_in_env_example() -> None:
@@ -122,7 +138,7 @@ def test_rabbitmq_is_pinned_and_has_a_healthcheck() -> None:
 
 
 def test_services_wait_for_a_healthy_rabbitmq() -> None:
-    for name in ("worker", "beat", "flower"):
+    for name in (*WORKERS, "beat", "flower"):
         assert SERVICES[name]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
 
 
@@ -145,5 +161,5 @@ def test_containers_run_as_the_non_root_user_that_owns_the_data_dir() -> None:
     assert users and users[-1] not in {"root", "0"}
     assert uid and uid[1] != "0"
     assert "chown batchapp:batchapp /data" in DOCKERFILE
-    for name in ("worker", "beat"):
+    for name in (*WORKERS, "beat"):
         assert str(SERVICES[name].get("user", uid[1])).split(":")[0] == uid[1]

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 from celery.exceptions import TimeoutError as CeleryTimeoutError
+from kombu import Queue
 
+from batchapp import routing
 from batchapp.processes import CeleryProcess
 from batchapp.tasks import calculate_sum
 from tests.conftest import RESULT_TIMEOUT, Stack
@@ -78,8 +80,9 @@ def test_inspect_registered_lists_the_tasks(worker: CeleryProcess) -> None:
 def test_get_with_timeout_raises_when_no_worker_answers(stack: Stack) -> None:
     from batchapp.celery import app
 
-    # A queue nobody consumes: the result never comes.
-    result = calculate_sum.apply_async((1,), queue=f"nobody-{os.getpid()}")
+    # A queue nobody consumes (given as a Queue: a name must be one of task_queues).
+    nobody = Queue(f"nobody-{os.getpid()}", routing.EXCHANGE, routing_key=f"nobody-{os.getpid()}")
+    result = calculate_sum.apply_async((1,), queue=nobody)
     try:
         with pytest.raises(CeleryTimeoutError):
             result.get(timeout=0.2)
