@@ -15,7 +15,7 @@ from batchapp.tables import metadata
 
 NAME = "import"
 FULL = {"rows": 1_000_000, "rows_large": 4_000_000}
-QUICK = {"rows": 20_000, "rows_large": 80_000}
+QUICK = {"rows": 60_000, "rows_large": 240_000}
 RAW_BATCH_ROWS = 20_000
 
 

@@ -92,7 +92,9 @@ def run(measures: Sequence[ModuleType], quick: bool, keep: bool = False) -> JSON
         if module.NAME not in errors
         for target in module.targets(figures, quick)
     ]
-    targets += [Target(name, f"error: {text}", "-", passed=False) for name, text in errors.items()]
+    targets += [
+        Target(name, f"error: {one_line(text)}", "-", passed=False) for name, text in errors.items()
+    ]
     figures |= {
         "quick": quick,
         "notes": bench.notes,
@@ -104,6 +106,12 @@ def run(measures: Sequence[ModuleType], quick: bool, keep: bool = False) -> JSON
     # The spreads last: the headline figures come first when a person reads the JSON.
     figures["spread"] = figures.pop("spread")
     return figures
+
+
+def one_line(text: str, width: int = 100) -> str:
+    """The last line of an error (a client's traceback ends with its exception), shortened."""
+    last = text.strip().splitlines()[-1] if text.strip() else "?"
+    return last if len(last) <= width else last[: width - 3] + "..."
 
 
 def rounded(value: Any) -> Any:
