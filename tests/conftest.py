@@ -98,7 +98,9 @@ def purge_queue() -> None:
     """Drop messages a previous module left in the run's queue."""
     from batchapp.celery import app
 
-    app.control.purge()
+    # A connection of its own: a pooled one may have been closed by a broker restart meanwhile.
+    with app.connection_for_write() as connection:
+        app.control.purge(connection=connection)
 
 
 @pytest.fixture(scope="module")
