@@ -127,7 +127,7 @@ def test_interrupted_run_leaves_no_process_no_vhost_and_no_folder(signum: int) -
     while (processes_on([vhost]) or vhost in vhosts()) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert runner.returncode == (-signum if signum == signal.SIGKILL else 128 + signum)
-    assert processes_on([vhost]) == []
+    assert processes_on([vhost]) == set()
     assert not Path(f"/proc/{worker}").exists()
     assert vhost not in vhosts()
     assert not Path(folder).exists()
