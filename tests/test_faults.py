@@ -136,8 +136,9 @@ def publish_twice(job_id: str, indexes: Sequence[int]) -> None:
 
 
 def chunk_runs(*workers: processes.CeleryProcess) -> int:
-    """Chunk deliveries the workers ran to the end (dropped duplicates included)."""
-    return sum(len(re.findall(r"run_chunk\[[^\]]+\] succeeded in", w.log())) for w in workers)
+    """Chunk deliveries the workers ran to the end, well or not (dropped duplicates included)."""
+    ended = re.compile(r"run_chunk\[[^\]]+\] (?:succeeded in|raised)")
+    return sum(len(ended.findall(worker.log())) for worker in workers)
 
 
 def test_sigkill_mid_import_loses_and_duplicates_nothing(stack: Stack) -> None:
@@ -152,6 +153,7 @@ def test_sigkill_mid_import_loses_and_duplicates_nothing(stack: Stack) -> None:
     wait_until(lambda: ledger.get(ctx, view.id).chunks_done >= 4, what="4 chunks done")
     first.signal(signal.SIGKILL)
     first.popen.wait()
+    done_at_kill = ledger.get(ctx, view.id).chunks_done
     rescuer = stack.worker("rescuer")
     done = ledger.wait(ctx, view.id, timeout=WAIT)
     # Count once every delivery has run, the second copies too.
@@ -164,11 +166,14 @@ def test_sigkill_mid_import_loses_and_duplicates_nothing(stack: Stack) -> None:
         f"\nSIGKILL mid-import of {rows:,} rows (every chunk sent twice): "
         f"{count.items_counted:,} rows counted, {count.stored:,} stored of {count.good_lines:,} "
         f"good, amounts {count.stored_cents:,} of {count.expected_cents:,} cents, "
-        f"{done.result['duplicates']} duplicates, {count.attempts} attempts for "
-        f"{done.chunks_total} chunks, {count.redelivered} chunk(s) redelivered"
+        f"{(done.result or {}).get('duplicates')} duplicates, {count.attempts} attempts for "
+        f"{done.chunks_total} chunks, killed with {done_at_kill} done, {count.redelivered} "
+        "chunk(s) finished by a redelivered message"
     )
     assert_imported_once(done, count, rows, bad)
-    assert count.redelivered >= 1
+    # Killed mid-import. (Which copy of an in-flight chunk commits it, the redelivered one or
+    # its fresh twin, is a race: the redelivered flag is printed, not required.)
+    assert 4 <= done_at_kill < done.chunks_total
 
 
 def test_sigterm_mid_job_finishes_or_hands_back_and_exits_in_the_grace_period(
@@ -195,7 +200,7 @@ def test_sigterm_mid_job_finishes_or_hands_back_and_exits_in_the_grace_period(
     print(
         f"\nSIGTERM mid-import of {rows:,} rows: worker exited in {took:.1f} s with "
         f"{at_exit}/{done.chunks_total} chunks done; after restart {count.stored:,} rows stored, "
-        f"{done.items_done:,} counted, {done.result['duplicates']} duplicates, "
+        f"{done.items_done:,} counted, {(done.result or {}).get('duplicates')} duplicates, "
         f"{count.attempts} attempts for {done.chunks_total} chunks"
     )
     assert deployed.popen.returncode == 0
