@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from kombu.connection import Connection
 
@@ -47,3 +48,18 @@ def rabbitmq_vhost(prefix: str = "batchapp-test") -> Iterator[str]:
         yield f"amqp://guest:guest@{RABBITMQ_HOST}/{name}"
     finally:
         _rabbitmqctl("delete_vhost", name)
+
+
+def processes_on(vhosts: Iterable[str]) -> set[int]:
+    """Live processes whose environment names one of ``vhosts`` (a run's workers, clients)."""
+    markers = [f"/{vhost}\0".encode() for vhost in vhosts]
+    found = set()
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            text = environ.read_bytes()
+            state = environ.with_name("stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # ended while we looked, or not ours to read
+        if state != "Z" and any(marker in text for marker in markers):
+            found.add(int(environ.parent.name))
+    return found

@@ -101,7 +101,7 @@ def purge_queue() -> None:
     """Drop messages a previous module left in the run's queue."""
     from batchapp.celery import app
 
-    # A connection of its own: a pooled one may have been closed by the broker meanwhile.
+    # A connection of its own: a pooled one may have been closed by a broker restart meanwhile.
     with app.connection_for_write() as connection:
         app.control.purge(connection=connection)
 
