@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -37,6 +37,18 @@ from batchapp.testing import rabbitmq_vhost
 from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def alone(stack: Stack) -> Iterator[None]:
+    """Each fault test runs with only the processes it starts: a worker left running by the test
+    before takes chunks too (the SIGTERM test once saw its job finished by the SIGKILL test's
+    rescuer while its own worker shut down)."""
+    stack.stop_all()
+    yield
+    stack.stop_all()
+
+
 WAIT = 120.0
 LOCKED = "database is locked"
 
