@@ -21,7 +21,7 @@ from sqlalchemy.pool import NullPool
 
 from batchapp import ledger, queues
 from batchapp.celery import app, settings
-from batchapp.db import configure_engine, engine_for
+from batchapp.db import configure_engine, driver_url, engine_for
 from batchapp.jobs import JOBS, JobContext, ParamError, get_job
 from batchapp.publishing import BatchappTask, BrokerTimeout, publish_batch
 from batchapp.sums import MAX_N, sum_to
@@ -75,7 +75,7 @@ def _ledger_here() -> Iterator[JobContext]:
     if os.getpid() != _worker_main_pid:
         yield job_context()
         return
-    engine = create_engine(settings.database_url, poolclass=NullPool)
+    engine = create_engine(driver_url(settings.database_url), poolclass=NullPool)
     configure_engine(engine)
     try:
         yield _new_context(engine)
