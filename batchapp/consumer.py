@@ -22,21 +22,16 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from amqp.exceptions import RecoverableChannelError
-from celery import bootsteps
 from celery.exceptions import NotRegistered
 from celery.utils.log import get_logger
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.consumer.delayed_delivery import DelayedDelivery
-from celery.worker.consumer.tasks import Tasks
 
 from batchapp import dead_letters, guard
-from batchapp.queues import CALLS
 from batchapp.settings import mask_url
 
 DEAD_LETTER_TIMEOUT_S = 10.0
 CELERY_STEP = "celery.worker.consumer.delayed_delivery:DelayedDelivery"
-# The calls consumer may hold this many times the others' prefetch (see CallsPrefetch).
-CALLS_PREFETCH_FACTOR = 8
 logger = get_logger(__name__)
 
 
@@ -56,37 +51,6 @@ class DelayedDeliveryOnLiveBroker(DelayedDelivery):  # type: ignore[misc]
             logger.critical("Failed to set up delayed delivery on %s: %s", mask_url(url), exc)
 
 
-class CallsPrefetch(bootsteps.StartStopStep):  # type: ignore[misc]
-    """After Celery's task consumer step: a deeper prefetch for the calls queue alone.
-
-    With per-consumer prefetch (quorum queues) a consumer that may hold only as many calls as
-    there are pool processes leaves a process idle for a broker round trip after every call
-    (ack, then the next delivery): measured 676 calls/s instead of 948 with 8x the prefetch.
-    Calls are short, so holding more of them costs no one a wait; the chunk and tick
-    consumers keep theirs, so a call or tick still waits for one running chunk at most.
-    """
-
-    requires = (Tasks,)
-
-    def start(self, c: Any) -> None:
-        if c.qos_global:
-            return  # one channel-wide limit (classic queues): no per-queue share to deepen
-        consumer = c.task_consumer
-        basic_consume = consumer._basic_consume
-
-        def consume_calls_deeper(queue: Any, *args: Any, **kwargs: Any) -> Any:
-            if queue.name != CALLS:
-                return basic_consume(queue, *args, **kwargs)
-            # basic.qos without global sets the limit of the consumers made after it.
-            consumer.qos(prefetch_count=c.initial_prefetch_count * CALLS_PREFETCH_FACTOR)
-            try:
-                return basic_consume(queue, *args, **kwargs)
-            finally:
-                consumer.qos(prefetch_count=c.qos.value)
-
-        consumer._basic_consume = consume_calls_deeper
-
-
 class Consumer(CeleryConsumer):  # type: ignore[misc]
     """Celery's consumer: messages checked first, delayed delivery on the live broker only,
     and only recoverable channel errors retried (with ``broker_channel_error_retry``)."""
@@ -100,7 +64,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         default_steps: ClassVar[list[str]] = [
             "batchapp.consumer:DelayedDeliveryOnLiveBroker" if step == CELERY_STEP else step
             for step in CeleryConsumer.Blueprint.default_steps
-        ] + ["batchapp.consumer:CallsPrefetch"]
+        ]
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], None]:
         handle = super().create_task_handler(*args, **kwargs)

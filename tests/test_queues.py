@@ -25,7 +25,6 @@ from kombu.connection import Connection
 
 from batchapp import ledger, processes, queues, routing
 from batchapp.celery import app
-from batchapp.consumer import CALLS_PREFETCH_FACTOR
 from batchapp.jobs import JobContext
 from batchapp.processes import CeleryProcess
 from batchapp.sales_csv import write_sample
@@ -126,24 +125,6 @@ def test_default_worker_consumes_every_queue_with_per_consumer_prefetch(
     assert len(active) == 1, active
     assert {queue["name"] for queue in next(iter(active.values()))} == set(queues.ALL)
     assert "Global QoS is disabled" in worker.log()
-
-
-def test_the_calls_consumer_prefetches_deeper_than_the_chunk_and_tick_consumers(
-    worker: CeleryProcess,
-) -> None:
-    vhost = app.conf.broker_url.rsplit("/", 1)[1]
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_consumers", "-p", vhost, "queue_name", "prefetch_count"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    ).stdout
-    prefetch = dict(line.split("\t") for line in listed.splitlines() if "\t" in line)
-
-    # Concurrency 2, multiplier 1: chunks and ticks as before, calls 8 times that.
-    assert prefetch[queues.CHUNKS] == prefetch[queues.PERIODIC] == "2", prefetch
-    assert prefetch[queues.CALLS] == str(2 * CALLS_PREFETCH_FACTOR), prefetch
 
 
 def test_calls_wait_at_most_for_one_chunk_during_a_big_import(
