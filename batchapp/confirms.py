@@ -118,7 +118,8 @@ class ConfirmWindow:
 
     def _open(self) -> Any:
         if self._producer is None:
-            connection = self._app.connection_for_write()
+            # Kept at once, so a failure below still closes it (in _lost).
+            connection = self._connection = self._app.connection_for_write()
             connection.ensure_connection(max_retries=3, timeout=self._timeout)
             channel = connection.channel()
             channel.confirm_select()
@@ -134,7 +135,7 @@ class ConfirmWindow:
             channel.basic_publish = counted_publish
             channel.events["basic_ack"].add(self._on_ack)
             channel.events["basic_nack"].add(self._on_nack)
-            self._connection, self._sent = connection, 0
+            self._sent = 0
             self._producer = self._app.amqp.Producer(channel)
         return self._producer
 
