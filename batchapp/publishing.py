@@ -17,9 +17,12 @@ from contextlib import contextmanager
 from typing import Any
 
 from amqp.exceptions import MessageNacked
-from celery import Task
+from celery import Task, uuid
+from celery._state import get_current_worker_task
+from celery.result import AsyncResult
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from batchapp import confirms
 from batchapp.delays import delay_options
 
 BROKER_TIMEOUT_S = 30.0
@@ -106,12 +109,49 @@ def _confirm_mode(channel: Any) -> list[int]:
 
 
 class BatchappTask(Task):  # type: ignore[misc]
-    """Every batchapp task: countdowns that quorum queues can carry (see delays.py), and a publish
-    on a connection the broker closed fails as a connection error, not as kombu's
+    """Every batchapp task: countdowns that quorum queues can carry (see delays.py), confirms
+    that a caller's burst of publishes does not wait for one by one (see confirms.py), and a
+    publish on a connection the broker closed fails as a connection error, not as kombu's
     ``AttributeError`` for a closed pooled connection (celery/kombu#690)."""
 
-    def apply_async(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs = delay_options(self.app, kwargs)
+    # How long a caller waits for RabbitMQ's confirms (tasks.py sets BATCHAPP_BROKER_TIMEOUT).
+    confirm_timeout = BROKER_TIMEOUT_S
+
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
+    ) -> Any:
+        options = delay_options(self.app, options)
+        if not self._confirms_in_window(options):
+            return self._publish(args, kwargs, task_id=task_id, **options)
+        task_id = task_id or uuid()
+        window = confirms.window_for(self.app, self.confirm_timeout)
+        return window.publish(
+            task_id,
+            lambda producer: self._publish(
+                args, kwargs, task_id=task_id, producer=producer, retry=False, **options
+            ),
+            # Sent again as Celery sends it: confirmed one by one, with its retries.
+            lambda: self._publish(args, kwargs, task_id=task_id, **options),
+        )
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> ConfirmedResult:
+        return ConfirmedResult(
+            task_id, backend=self.backend, task_name=self.name, app=self._get_app(), **kwargs
+        )
+
+    def _confirms_in_window(self, options: dict[str, Any]) -> bool:
+        """A caller's own publish on RabbitMQ with confirms; not one inside a running task,
+        whose message must be confirmed before the task's late ack."""
+        return (
+            options.get("producer") is None
+            and options.get("connection") is None
+            and not self.app.conf.task_always_eager
+            and self.app.conf.broker_transport_options.get("confirm_publish", False)
+            and get_current_worker_task() is None
+            and _transport(self.app) == "amqp"
+        )
+
+    def _publish(self, *args: Any, **kwargs: Any) -> Any:
         try:
             return super().apply_async(*args, **kwargs)
         except AttributeError as exc:
@@ -129,3 +169,30 @@ class BatchappTask(Task):  # type: ignore[misc]
                 "quorum queue does while it elects a new leader (a cluster node just stopped); "
                 "it was not queued: publish it again"
             ) from exc
+
+
+def _transport(app: Any) -> str:
+    """The broker's transport type ('amqp' for RabbitMQ), looked up once per app."""
+    driver: str | None = getattr(app, "_batchapp_transport", None)
+    if driver is None:
+        with app.connection_for_write() as connection:
+            driver = app._batchapp_transport = connection.transport.driver_type
+    return driver
+
+
+class ConfirmedResult(AsyncResult):  # type: ignore[misc]
+    """A task's result that first waits for its publish to be confirmed, so a task RabbitMQ
+    did not take is an error here rather than a wait for a result that never comes."""
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        self._settle()
+        return super().get(*args, **kwargs)
+
+    def _get_task_meta(self) -> Any:
+        self._settle()
+        return super()._get_task_meta()
+
+    def _settle(self) -> None:
+        window = confirms.pending_window(self.app)
+        if window is not None:
+            window.settle(self.id)

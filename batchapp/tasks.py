@@ -37,6 +37,8 @@ RECORD_ATTEMPTS = 5
 
 logger = logging.getLogger(__name__)
 
+BatchappTask.confirm_timeout = settings.broker_timeout
+
 _context: JobContext | None = None
 _context_pid = 0
 _worker_main_pid = 0

@@ -238,24 +238,6 @@ def test_worker_outlasts_its_control_queue_held_by_the_connection_it_left(stack:
     assert calculate_sum.delay(10).get(timeout=RESULT_TIMEOUT) == 55
 
 
-def test_a_publish_rabbitmq_refuses_fails_with_an_error_that_says_so() -> None:
-    """RabbitMQ nacks what a queue will not take (a quorum queue electing a new leader does);
-    the caller gets one clear line, not kombu's empty OperationalError."""
-    from kombu import Exchange, Queue
-    from kombu.exceptions import OperationalError
-
-    name = f"batchapp-full-{uuid.uuid4().hex[:6]}"
-    full = Queue(
-        name,
-        Exchange(name, "direct", auto_delete=True),
-        routing_key=name,
-        auto_delete=True,
-        queue_arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
-    )
-    with pytest.raises(OperationalError, match=r"calculate_sum: RabbitMQ refused it \(nack\)"):
-        calculate_sum.apply_async((1,), queue=full)
-
-
 def test_workers_fail_over_when_their_broker_node_stops(
     cluster: RabbitCluster, vhost: str, cluster_stack: Stack
 ) -> None:
