@@ -115,21 +115,51 @@ def progress(message: str) -> None:
 # -- stopping ----------------------------------------------------------------------------------
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
+
+
 class Interrupted(SystemExit):
     """SIGTERM, SIGINT or the run's ``--timeout``: unwinds through every ``finally``."""
 
 
 def stop_on_signals() -> None:
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, _on_signal)
+
+
+_holding = 0
+_pending: int | None = None
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Hold a stop signal back while a process is started and recorded for clean-up.
+
+    Raised between ``Popen`` and the recording, it would leave the process nobody's to stop.
+    (Not ``pthread_sigmask``: a child inherits the mask, and a worker that cannot receive
+    SIGTERM never stops warmly.)
+    """
+    global _holding, _pending
+    _holding += 1
+    try:
+        yield
+    finally:
+        _holding -= 1
+    if not _holding and _pending is not None:
+        signum, _pending = _pending, None
+        raise Interrupted(128 + signum)
 
 
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
     # Once is enough: a second Ctrl-C must not cut the clean-up short.
-    for handled in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM):
+    for handled in STOP_SIGNALS:
         signal.signal(handled, signal.SIG_IGN)
+    global _pending
     progress(f"{signal.Signals(signum).name}: stopping everything this run started")
-    raise Interrupted(128 + signum)
+    if _holding:
+        _pending = signum
+    else:
+        raise Interrupted(128 + signum)
 
 
 class Process(processes.CeleryProcess):
@@ -165,15 +195,17 @@ def redis_server(folder: Path) -> Iterator[str]:
     """A redis-server of this run's own (no snapshots), stopped afterwards; yields its URL."""
     port = free_port()
     command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    command += ["--appendonly", "no", "--dir", str(folder)]
     env = {"PATH": os.environ.get("PATH", os.defpath)}
-    server = Process(
-        [*command, "--appendonly", "no", "--dir", str(folder)], env, folder / "redis.log"
-    )
+    server = None
     try:
+        with signals_held():
+            server = Process(command, env, folder / "redis.log")
         server.wait_for_log("Ready to accept connections", timeout=30)
         yield f"redis://127.0.0.1:{port}"
     finally:
-        server.stop()
+        if server is not None:
+            server.stop()
 
 
 @dataclass
@@ -189,6 +221,7 @@ class Run:
     # samples[system][measure][round] -> that turn's samples
     samples: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)
     errors: dict[str, list[str]] = field(default_factory=dict)
+    checked: dict[str, int] = field(default_factory=dict)
 
     def environment(self, system: System, folder: Path) -> dict[str, str]:
         """The system's own broker, store and queue; nothing inherited that could redirect it."""
@@ -227,7 +260,8 @@ class Run:
         try:
             commands, (marker, count) = worker_commands(system, env)
             for number, command in enumerate(commands, 1):
-                started.append(Process(command, env, folder / f"worker{number}.log"))
+                with signals_held():
+                    started.append(Process(command, env, folder / f"worker{number}.log"))
             for worker in started:
                 worker.wait_for_log(marker, READY_TIMEOUT_S, count)
             out = client(system, env, folder, self.sizes)
@@ -239,6 +273,7 @@ class Run:
         finally:
             for worker in started:
                 worker.stop()
+        self.checked[system.name] = self.checked.get(system.name, 0) + out["results_checked"]
         series = self.samples.setdefault(system.name, {m: [] for m in MEASURES})
         for measure in MEASURES:
             series[measure].append(out[measure])
@@ -277,19 +312,21 @@ def client(system: System, env: dict[str, str], folder: Path, sizes: Sizes) -> J
     """``peers.py --client NAME`` in the system's environment; its JSON line."""
     params = json.dumps(sizes.__dict__)
     command = [sys.executable, str(Path(__file__).resolve()), "--client", system.name]
-    popen = subprocess.Popen(
-        [*command, "--params", params],
-        env=env,
-        cwd=folder,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    popen = None
     try:
+        with signals_held():
+            popen = subprocess.Popen(
+                [*command, "--params", params],
+                env=env,
+                cwd=folder,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
         stdout, stderr = popen.communicate(timeout=CLIENT_TIMEOUT_S)
     finally:
-        if popen.poll() is None:
+        if popen is not None and popen.poll() is None:
             os.killpg(popen.pid, signal.SIGKILL)
             popen.wait()
     if popen.returncode != 0:
@@ -305,10 +342,13 @@ def client(system: System, env: dict[str, str], folder: Path, sizes: Sizes) -> J
 def run_client(name: str, sizes: Sizes) -> JSONDict:
     """The three measures for one system, each result checked against sum_to."""
     peer = importlib.import_module(f"peer_apps.{BY_NAME[name].module}")
+    count = 0
 
     def checked(what: str, got: object, expected: object) -> None:
+        nonlocal count
         if got != expected:
             raise RuntimeError(f"{name}: {what} returned {got!r}, expected {expected!r}")
+        count += len(got) if isinstance(got, list) else 1
 
     for _ in range(sizes.warmup):
         checked(f"call({RTT_N})", peer.call(RTT_N), sum_to(RTT_N))
@@ -332,7 +372,12 @@ def run_client(name: str, sizes: Sizes) -> JSONDict:
         total = peer.map_reduce(MAPREDUCE_N, MAPREDUCE_CHUNK)
         mapreduce.append((time.perf_counter() - start) * 1000)
         checked("map_reduce", total, sum_to(MAPREDUCE_N))
-    return {"rtt_ms": rtt, "tasks_per_s": [tasks_per_s], "mapreduce_ms": mapreduce}
+    return {
+        "rtt_ms": rtt,
+        "tasks_per_s": [tasks_per_s],
+        "mapreduce_ms": mapreduce,
+        "results_checked": count,
+    }
 
 
 # -- figures and targets -------------------------------------------------------------------------
@@ -427,7 +472,11 @@ def figures(run: Run) -> JSONDict:
         series = run.samples.get(system.name)
         if not series:
             continue
-        systems[system.name] = {"label": system.label, "rounds": len(series["rtt_ms"])}
+        systems[system.name] = {
+            "label": system.label,
+            "rounds": len(series["rtt_ms"]),
+            "results_checked": run.checked[system.name],
+        }
         for measure in MEASURES:
             systems[system.name][measure] = summary([x for turn in series[measure] for x in turn])
     return {
@@ -502,6 +551,8 @@ def run_all(sizes: Sizes, quick: bool, only: Sequence[str]) -> JSONDict:
             if s.vhost
         }
         redis_url = stack.enter_context(redis_server(root))
+        names = " ".join(sorted(url.rsplit("/", 1)[1] for url in vhosts.values()))
+        progress(f"run folder {root}, vhosts {names}, {redis_url}")
         run = Run(sizes, quick, root, redis_url, vhosts)
         for round_index in range(sizes.rounds):
             # A different system goes first each round, so none always runs on a cold machine.

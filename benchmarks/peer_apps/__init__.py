@@ -10,6 +10,7 @@ then a reduce). Every system runs the same task bodies, from :mod:`batchapp.sums
 from __future__ import annotations
 
 import os
+from typing import Any
 
 RESULT_TIMEOUT_S = 120
 
@@ -25,3 +26,14 @@ def setting(name: str) -> str:
 def ranges(n: int, chunk_size: int) -> list[tuple[int, int]]:
     """1..n cut into ``(first, last)`` ranges of ``chunk_size``, as batchapp's parallel_sum."""
     return [(first, min(first + chunk_size - 1, n)) for first in range(1, n + 1, chunk_size)]
+
+
+def delay_and_get(task: Any, n: int) -> int:
+    """A Celery task's ``delay(n).get()`` (batchapp's calculate_sum and stock Celery's)."""
+    return int(task.delay(n).get(timeout=RESULT_TIMEOUT_S))
+
+
+def delay_all_then_get(task: Any, ns: list[int]) -> list[int]:
+    """``delay`` for every n, then every result in order."""
+    pending = [task.delay(n) for n in ns]
+    return [int(result.get(timeout=RESULT_TIMEOUT_S)) for result in pending]

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from peer_apps import RESULT_TIMEOUT_S
+from peer_apps import RESULT_TIMEOUT_S, delay_all_then_get, delay_and_get
 
 
 def call(n: int) -> int:
     from batchapp.tasks import calculate_sum
 
-    return int(calculate_sum.delay(n).get(timeout=RESULT_TIMEOUT_S))
+    return delay_and_get(calculate_sum, n)
 
 
 def call_many(ns: list[int]) -> list[int]:
     from batchapp.tasks import calculate_sum
 
-    pending = [calculate_sum.delay(n) for n in ns]
-    return [int(result.get(timeout=RESULT_TIMEOUT_S)) for result in pending]
+    return delay_all_then_get(calculate_sum, ns)
 
 
 def map_reduce(n: int, chunk_size: int) -> int:

@@ -12,7 +12,7 @@ from typing import Any
 from celery import Celery, chord, group
 
 from batchapp.sums import sum_range, sum_to
-from peer_apps import RESULT_TIMEOUT_S, ranges, setting
+from peer_apps import RESULT_TIMEOUT_S, delay_all_then_get, delay_and_get, ranges, setting
 
 app = Celery("peers_celery", broker=setting("BROKER_URL"), backend=setting("RESULT_BACKEND"))
 app.conf.update(
@@ -43,12 +43,11 @@ def reduce_sum(parts: list[int]) -> int:
 
 
 def call(n: int) -> int:
-    return int(calculate_sum.delay(n).get(timeout=RESULT_TIMEOUT_S))
+    return delay_and_get(calculate_sum, n)
 
 
 def call_many(ns: list[int]) -> list[int]:
-    pending = [calculate_sum.delay(n) for n in ns]
-    return [int(result.get(timeout=RESULT_TIMEOUT_S)) for result in pending]
+    return delay_all_then_get(calculate_sum, ns)
 
 
 def map_reduce(n: int, chunk_size: int) -> int:
