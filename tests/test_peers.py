@@ -105,6 +105,9 @@ def test_a_failed_system_or_a_missed_enforced_target_fails_the_run() -> None:
         "rq: round 1: rq: call(100) returned 1"
     ]
     assert peers.failed({**whole, "systems": {}}) == [f"{name} missing" for name in SYSTEMS]
+    assert peers.failed({**whole, "systems": {}}, partial=True) == []
+    broken = {**whole, "errors": {"rq": ["round 1: wrong"]}, "systems": {}}
+    assert peers.failed(broken, partial=True) == ["rq: round 1: wrong"]
     missed = {**target, "passed": False}
     assert peers.failed({**whole, "targets": {"t": missed}}) == [
         "target t missed (median ratio 0.5)"
