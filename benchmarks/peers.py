@@ -39,12 +39,13 @@ from typing import Any
 
 from batchapp import processes
 from batchapp.sums import sum_to
-from batchapp.testing import rabbitmq_vhost
+from batchapp.testing import BrokerUnreachable, rabbitmq_vhost, require_broker
 
 HERE = Path(__file__).resolve().parent
 JSONDict = dict[str, Any]
 CLIENT_TIMEOUT_S = 900.0
 READY_TIMEOUT_S = 90.0
+ROOT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
 MEASURES = ("rtt_ms", "tasks_per_s", "mapreduce_ms")
 RTT_N = 100
 MAPREDUCE_N, MAPREDUCE_CHUNK = 100, 10  # 10 chunks of 10
@@ -162,6 +163,45 @@ def _on_signal(signum: int, _frame: FrameType | None) -> None:
         raise Interrupted(128 + signum)
 
 
+class Unavailable(RuntimeError):
+    """The caller lost its broker or Redis: the turn may be run once more."""
+
+
+EXIT_UNAVAILABLE = 75  # EX_TEMPFAIL
+
+
+def unavailable_errors() -> tuple[type[BaseException], ...]:
+    """What a caller raises when its broker or Redis went away, for every system compared."""
+    from kombu.exceptions import OperationalError
+
+    found: list[type[BaseException]] = [OSError, OperationalError]
+    with contextlib.suppress(ImportError):
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
+        found.append(RedisConnectionError)
+    with contextlib.suppress(ImportError):
+        from pika.exceptions import AMQPConnectionError
+
+        found.append(AMQPConnectionError)
+    return tuple(found)
+
+
+def wait_for_broker(timeout: float = 180.0) -> None:
+    """Poll the machine's RabbitMQ until it answers (or ``timeout`` passes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return require_broker(ROOT_BROKER_URL)
+        except BrokerUnreachable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
+
+
+def one_line(error: object) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+
+
 class Process(processes.CeleryProcess):
     """Any command in a process group of its own, logging to a file; stopped like a worker."""
 
@@ -218,10 +258,12 @@ class Run:
     redis_url: str
     vhosts: dict[str, str]
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
-    # samples[system][measure][round] -> that turn's samples
-    samples: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)
+    # samples[system][measure][round index] -> that turn's samples
+    samples: dict[str, dict[str, dict[int, list[float]]]] = field(default_factory=dict)
     errors: dict[str, list[str]] = field(default_factory=dict)
     checked: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    loadavg_at_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
 
     def environment(self, system: System, folder: Path) -> dict[str, str]:
         """The system's own broker, store and queue; nothing inherited that could redirect it."""
@@ -235,13 +277,11 @@ class Run:
         env["PEERS_SQLITE"] = str(folder / "queue.sqlite")
         if system.vhost:
             env["PEERS_BROKER_URL"] = self.vhosts[system.name]
+        # Celery's backend is Redis where the system has a database, else the seed's SQLite.
+        env["PEERS_RESULT_BACKEND"] = f"db+sqlite:///{folder / 'results.sqlite'}"
         if system.redis_db is not None:
             env["PEERS_REDIS_URL"] = f"{self.redis_url}/{system.redis_db}"
-        env["PEERS_RESULT_BACKEND"] = (
-            f"redis://{self.redis_url.removeprefix('redis://')}/{system.redis_db}"
-            if system.redis_db is not None
-            else f"db+sqlite:///{folder / 'results.sqlite'}"
-        )
+            env["PEERS_RESULT_BACKEND"] = env["PEERS_REDIS_URL"]
         env |= {f"PEERS_{key}": value for key, value in system.settings}
         if system.name == "batchapp":
             env |= {
@@ -252,8 +292,36 @@ class Run:
         return env
 
     def turn(self, system: System, round_index: int) -> None:
-        """Fresh workers for ``system``, the three measures from a child caller, workers stopped."""
-        folder = self.root / system.name / f"round{round_index + 1}"
+        """The three measures for ``system`` in this round; failures are recorded, not raised.
+
+        A turn that lost its broker or Redis (another test run may restart the machine's
+        RabbitMQ) is run once more when the broker answers again; a wrong result never is.
+        """
+        for attempt in (1, 2):
+            try:
+                out = self.attempt(system, round_index, attempt)
+            except (Unavailable, processes.ProcessFailed) as exc:
+                if attempt == 2:
+                    self.failed(system, round_index, exc)
+                    return
+                progress(f"{system.name}: {one_line(exc)}; once more when RabbitMQ answers")
+                self.notes.append(f"{system.name} round {round_index + 1} retried: {exc}")
+                try:
+                    wait_for_broker()
+                except BrokerUnreachable as unreachable:
+                    self.failed(system, round_index, unreachable)
+                    return
+            except Exception as exc:
+                self.failed(system, round_index, exc)
+                return
+            else:
+                self.record(system, round_index, out)
+                return
+
+    def attempt(self, system: System, round_index: int, attempt: int) -> JSONDict:
+        """Fresh workers for ``system``, the caller in a child process, the workers stopped."""
+        suffix = "" if attempt == 1 else f"-attempt{attempt}"
+        folder = self.root / system.name / f"round{round_index + 1}{suffix}"
         folder.mkdir(parents=True)
         env = self.environment(system, folder)
         started: list[Process] = []
@@ -264,19 +332,21 @@ class Run:
                     started.append(Process(command, env, folder / f"worker{number}.log"))
             for worker in started:
                 worker.wait_for_log(marker, READY_TIMEOUT_S, count)
-            out = client(system, env, folder, self.sizes)
-        except Exception as exc:
-            message = f"round {round_index + 1}: {exc}".strip()
-            progress(f"{system.name}: FAILED {message.splitlines()[0]}")
-            self.errors.setdefault(system.name, []).append(message[-3000:])
-            return
+            return client(system, env, folder, self.sizes)
         finally:
             for worker in started:
                 worker.stop()
+
+    def failed(self, system: System, round_index: int, exc: Exception) -> None:
+        message = f"round {round_index + 1}: {exc}"
+        progress(f"{system.name}: FAILED {one_line(message)}")
+        self.errors.setdefault(system.name, []).append(message[-3000:])
+
+    def record(self, system: System, round_index: int, out: JSONDict) -> None:
         self.checked[system.name] = self.checked.get(system.name, 0) + out["results_checked"]
-        series = self.samples.setdefault(system.name, {m: [] for m in MEASURES})
+        series = self.samples.setdefault(system.name, {m: {} for m in MEASURES})
         for measure in MEASURES:
-            series[measure].append(out[measure])
+            series[measure][round_index] = out[measure]
         progress(
             f"{system.name}: rtt {statistics.median(out['rtt_ms']):.1f} ms, "
             f"{out['tasks_per_s'][0]:.0f} tasks/s, "
@@ -330,8 +400,9 @@ def client(system: System, env: dict[str, str], folder: Path, sizes: Sizes) -> J
             os.killpg(popen.pid, signal.SIGKILL)
             popen.wait()
     if popen.returncode != 0:
-        lines = [line for line in stderr.splitlines() if line.strip()]
-        raise RuntimeError(f"caller exited with {popen.returncode}: {' | '.join(lines[-3:])}")
+        lines = [line for line in stderr.splitlines() if line.strip()] or ["(no output)"]
+        error = Unavailable if popen.returncode == EXIT_UNAVAILABLE else RuntimeError
+        raise error(f"caller exited with {popen.returncode}: {lines[-1]}")
     result: JSONDict = json.loads(stdout.splitlines()[-1])
     return result
 
@@ -380,6 +451,17 @@ def run_client(name: str, sizes: Sizes) -> JSONDict:
     }
 
 
+def client_main(name: str, sizes: Sizes) -> int:
+    """Run the caller; a failure ends it with one line on stderr (and 75 if it lost a service)."""
+    try:
+        figures = run_client(name, sizes)
+    except Exception as exc:
+        print(f"{type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
+        return EXIT_UNAVAILABLE if isinstance(exc, unavailable_errors()) else 1
+    print(json.dumps(figures))
+    return 0
+
+
 # -- figures and targets -------------------------------------------------------------------------
 
 
@@ -405,8 +487,9 @@ def summary(values: Sequence[float]) -> JSONDict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def round_medians(run: Run, name: str, measure: str) -> list[float]:
-    return [statistics.median(turn) for turn in run.samples.get(name, {}).get(measure, [])]
+def round_medians(run: Run, name: str, measure: str) -> dict[int, float]:
+    turns = run.samples.get(name, {}).get(measure, {})
+    return {index: statistics.median(turn) for index, turn in sorted(turns.items())}
 
 
 def per_round_ratios(run: Run) -> dict[str, dict[str, list[float]]]:
@@ -415,26 +498,23 @@ def per_round_ratios(run: Run) -> dict[str, dict[str, list[float]]]:
     for system in SYSTEMS:
         ratios[system.name] = {}
         for measure in MEASURES:
-            pairs = zip(
-                round_medians(run, system.name, measure),
-                round_medians(run, "batchapp", measure),
-                strict=False,
-            )
-            ratios[system.name][measure] = [mine / ours for mine, ours in pairs]
+            mine = round_medians(run, system.name, measure)
+            ours = round_medians(run, "batchapp", measure)
+            ratios[system.name][measure] = [mine[i] / ours[i] for i in mine if i in ours]
     return ratios
 
 
 def check_target(run: Run, target: Target) -> JSONDict:
     ours = round_medians(run, "batchapp", target.measure)
     peers = [s.name for s in SYSTEMS if s.name != "batchapp"] if target.peer == "best" else []
+    theirs = [round_medians(run, name, target.measure) for name in peers or [target.peer]]
     rounds = []
-    for index, value in enumerate(ours):
-        if target.peer == "best":
-            theirs = [round_medians(run, name, target.measure) for name in peers]
-            best = max(series[index] for series in theirs if len(series) > index)
+    for index, value in ours.items():
+        # The best peer of the round is the highest figure for tasks/s, the lowest for times.
+        found = [series[index] for series in theirs if index in series]
+        if found:
+            best = max(found) if target.op == ">=" else min(found)
             rounds.append(value / best)
-        elif len(round_medians(run, target.peer, target.measure)) > index:
-            rounds.append(value / round_medians(run, target.peer, target.measure)[index])
     median = statistics.median(rounds) if rounds else None
     passed = None
     if median is not None:
@@ -478,16 +558,22 @@ def figures(run: Run) -> JSONDict:
             "results_checked": run.checked[system.name],
         }
         for measure in MEASURES:
-            systems[system.name][measure] = summary([x for turn in series[measure] for x in turn])
+            turns = series[measure].values()
+            systems[system.name][measure] = summary([x for turn in turns for x in turn])
     return {
         "quick": run.quick,
         "sizes": run.sizes.__dict__,
-        "machine": {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "loadavg_at_start": run.loadavg_at_start,
+            "loadavg_at_end": os.getloadavg(),
+        },
         "versions": versions(),
         "systems": systems,
         "ratios_to_batchapp": per_round_ratios(run),
         "targets": {target.name: check_target(run, target) for target in TARGETS},
         "errors": run.errors,
+        "notes": run.notes,
     }
 
 
@@ -520,6 +606,11 @@ def render(result: JSONDict) -> str:
             f"{statistics.median(ratios[m]):.2f}" if ratios[m] else "-" for m in MEASURES
         )
         lines.append(f"| {figure['label']} | {' | '.join(cells)} | {relative} |")
+    lines += ["", "Per-round ratios to batchapp (each system's round median over batchapp's):"]
+    for name, ratios in result["ratios_to_batchapp"].items():
+        if name != "batchapp" and any(ratios.values()):
+            cells = (f"{m} {' '.join(f'{r:.2f}' for r in ratios[m])}" for m in MEASURES)
+            lines.append(f"  {name}: {'; '.join(cells)}")
     lines.append("")
     for name, target in result["targets"].items():
         verdict = {True: "pass", False: "MISSED", None: "no figure"}[target["passed"]]
@@ -577,8 +668,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--params", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.client:
-        print(json.dumps(run_client(args.client, Sizes(**json.loads(args.params)))))
-        return 0
+        return client_main(args.client, Sizes(**json.loads(args.params)))
     sizes = QUICK if args.quick else FULL
     if args.rounds:
         sizes = Sizes(**{**sizes.__dict__, "rounds": args.rounds})

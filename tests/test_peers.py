@@ -169,3 +169,34 @@ def test_a_stop_signal_stops_every_process_and_removes_vhosts_and_files(signum: 
         ["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True, timeout=60
     ).stdout.split()
     assert not set(vhosts.split()) & set(listed)
+
+
+def test_a_turn_that_lost_its_broker_runs_once_more_but_a_wrong_result_does_not(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    peers = peers_module()
+    run = peers.Run(peers.QUICK, False, tmp_path, "redis://unused", {})
+    rq = peers.BY_NAME["rq"]
+    out = {"rtt_ms": [1.0], "tasks_per_s": [100.0], "mapreduce_ms": [9.0], "results_checked": 7}
+    outcomes: list[Any] = [peers.Unavailable("caller exited with 75: ConnectionError"), out]
+    attempts: list[int] = []
+
+    def attempt(system: Any, round_index: int, number: int) -> Any:
+        attempts.append(number)
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(run, "attempt", attempt)
+    monkeypatch.setattr(peers, "wait_for_broker", lambda: None)
+
+    run.turn(rq, 0)
+    assert attempts == [1, 2]
+    assert run.samples["rq"]["rtt_ms"] == {0: [1.0]} and run.errors == {}
+    assert len(run.notes) == 1 and "round 1 retried" in run.notes[0]
+
+    outcomes[:] = [RuntimeError("rq: call(100) returned 5051, expected 5050")]
+    run.turn(rq, 1)
+    assert attempts == [1, 2, 1]
+    assert run.errors == {"rq": ["round 2: rq: call(100) returned 5051, expected 5050"]}
