@@ -233,6 +233,8 @@ def free_port() -> int:
 @contextlib.contextmanager
 def redis_server(folder: Path) -> Iterator[str]:
     """A redis-server of this run's own (no snapshots), stopped afterwards; yields its URL."""
+    if shutil.which("redis-server") is None:
+        raise SystemExit("peers.py: redis-server is not on the PATH (apt-get install redis-server)")
     port = free_port()
     command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
     command += ["--appendonly", "no", "--dir", str(folder)]
