@@ -12,11 +12,14 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, timedelta
 from typing import Any
 
 from celery.beat import Scheduler
 from celery.utils.log import get_logger
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from batchapp import leases
@@ -48,13 +51,19 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
         self.leading = False
         self._renew_at = 0.0
         self._standby_logged = False
+        self._in_database = False
         super().__init__(app, *args, **kwargs)
 
-    @property
-    def engine(self) -> Any:
-        engine = engine_for(settings.database_url)
-        ensure_schema(engine)
-        return engine
+    @contextmanager
+    def database(self) -> Iterator[Engine]:
+        """The lease database, marked in use while a call runs (see :meth:`close`)."""
+        self._in_database = True
+        try:
+            engine = engine_for(settings.database_url)
+            ensure_schema(engine)
+            yield engine
+        finally:
+            self._in_database = False
 
     def setup_schedule(self) -> None:
         # No celery.backend_cleanup: the cleanup job expires results, and workers refuse it.
@@ -78,9 +87,10 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
     def reserve(self, entry: Any) -> Any:
         new_entry = next(entry)
         last_run_at = new_entry.last_run_at.astimezone(UTC).replace(tzinfo=None)
-        recorded = leases.record_run(
-            self.engine, LEASE, self.holder, entry.name, last_run_at, new_entry.total_run_count
-        )
+        with self.database() as engine:
+            recorded = leases.record_run(
+                engine, LEASE, self.holder, entry.name, last_run_at, new_entry.total_run_count
+            )
         if not recorded:
             raise LeaseLost(entry.name)
         self.schedule[entry.name] = new_entry
@@ -93,8 +103,13 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
 
     def close(self) -> None:
         super().close()
-        if self.leading:
-            leases.release(self.engine, LEASE, self.holder)
+        # Beat's SIGTERM handler runs close() on top of whatever beat was doing. Stopped inside a
+        # lease call, that call's transaction still holds the database: a release would wait on
+        # its own process until it is killed, and every other writer with it. The lease expires
+        # by itself within half an interval instead.
+        if self.leading and not self._in_database:
+            with self.database() as engine:
+                leases.release(engine, LEASE, self.holder)
             self.leading = False
 
     @property
@@ -103,7 +118,8 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
 
     def _check_lease(self) -> None:
         try:
-            held = leases.acquire(self.engine, LEASE, self.holder, self.lease)
+            with self.database() as engine:
+                held = leases.acquire(engine, LEASE, self.holder, self.lease)
         except SQLAlchemyError as exc:
             # Without the database there is no knowing who leads: sending could double a tick.
             logger.error("beat: cannot reach the batchapp database for the lease: %s", exc)
@@ -116,12 +132,13 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
             self._stand_down("another beat holds the lease")
         elif not self._standby_logged:
             self._standby_logged = True
-            logger.info(
-                "beat: standing by; %s holds the lease", leases.holder_of(self.engine, LEASE)
-            )
+            with self.database() as engine:
+                holder = leases.holder_of(engine, LEASE)
+            logger.info("beat: standing by; %s holds the lease", holder)
 
     def _take_over(self) -> None:
-        runs = leases.recorded_runs(self.engine)
+        with self.database() as engine:
+            runs = leases.recorded_runs(engine)
         for name, entry in self.schedule.items():
             if name in runs:
                 last_run_at, count = runs[name]

@@ -20,9 +20,9 @@ from celery.result import AsyncResult
 from sqlalchemy import Engine, select
 
 from batchapp import leases
-from batchapp.beat import lease_seconds
+from batchapp.beat import LeaderScheduler, lease_seconds
 from batchapp.celery import app
-from batchapp.db import engine_for
+from batchapp.db import engine_for, write_transaction
 from batchapp.processes import CeleryProcess
 from batchapp.tables import beat_entries, beat_leases, ensure_schema, jobs
 from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, run_cli
@@ -113,6 +113,25 @@ def test_the_schedule_command_names_the_beat_that_sends(stack: Stack) -> None:
 
     assert "sent by beat host-7:4242" in run_cli("schedule", env=stack.env).stdout
     leases.release(engine, "beat", "host-7:4242")
+
+
+def test_a_beat_stopped_inside_a_lease_call_does_not_wait_on_its_own_transaction() -> None:
+    scheduler = LeaderScheduler(app, lazy=True)
+    with scheduler.database() as engine:
+        assert leases.acquire(engine, "beat", scheduler.holder, LEASE)
+    scheduler.leading = True
+
+    with scheduler.database() as engine, write_transaction(engine):
+        # Beat's SIGTERM handler runs close() on top of the lease call it interrupted.
+        started = time.monotonic()
+        scheduler.close()
+        took = time.monotonic() - started
+        held_on = scheduler.leading
+
+    assert took < 1.0, f"close() waited {took:.1f} s on its own transaction"
+    assert held_on and leases.holder_of(engine, "beat") == scheduler.holder  # left to expire
+    scheduler.close()  # outside a call, a clean stop gives the lease up
+    assert leases.holder_of(engine, "beat") is None
 
 
 # --- real beat processes --------------------------------------------------------------------
