@@ -68,8 +68,6 @@ def test_quick_run_meets_every_target_and_reports_every_figure() -> None:
         for key in keys:
             assert is_positive(figures[group][key]), f"{group}.{key} = {figures[group][key]!r}"
     assert is_positive(figures["parallel_sum_10_ms"])
-    # The chord reference needs Redis on 127.0.0.1:6379; without it the run says so.
-    assert is_positive(figures["chord_10_ms"]) or any("Redis" in n for n in figures["notes"])
     assert figures["locked_errors"] == figures["locked_in_all_logs"] == 0
     assert figures["quick"] is True
     assert all(t["passed"] is not None for t in figures["targets"])
