@@ -34,8 +34,9 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from harness import registering, stop_on_signals
 
 from batchapp import processes
 from batchapp.sums import sum_to
@@ -116,51 +117,7 @@ def progress(message: str) -> None:
 # -- stopping ----------------------------------------------------------------------------------
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
-
-
-class Interrupted(SystemExit):
-    """SIGTERM, SIGINT or the run's ``--timeout``: unwinds through every ``finally``."""
-
-
-def stop_on_signals() -> None:
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _on_signal)
-
-
-_holding = 0
-_pending: int | None = None
-
-
-@contextlib.contextmanager
-def signals_held() -> Iterator[None]:
-    """Hold a stop signal back while a process is started and recorded for clean-up.
-
-    Raised between ``Popen`` and the recording, it would leave the process nobody's to stop.
-    (Not ``pthread_sigmask``: a child inherits the mask, and a worker that cannot receive
-    SIGTERM never stops warmly.)
-    """
-    global _holding, _pending
-    _holding += 1
-    try:
-        yield
-    finally:
-        _holding -= 1
-    if not _holding and _pending is not None:
-        signum, _pending = _pending, None
-        raise Interrupted(128 + signum)
-
-
-def _on_signal(signum: int, _frame: FrameType | None) -> None:
-    # Once is enough: a second Ctrl-C must not cut the clean-up short.
-    for handled in STOP_SIGNALS:
-        signal.signal(handled, signal.SIG_IGN)
-    global _pending
-    progress(f"{signal.Signals(signum).name}: stopping everything this run started")
-    if _holding:
-        _pending = signum
-    else:
-        raise Interrupted(128 + signum)
+# The runner's stop signals and their hold-back are the benchmark harness's (harness.py).
 
 
 class Unavailable(RuntimeError):
@@ -241,7 +198,7 @@ def redis_server(folder: Path) -> Iterator[str]:
     env = {"PATH": os.environ.get("PATH", os.defpath)}
     server = None
     try:
-        with signals_held():
+        with registering():
             server = Process(command, env, folder / "redis.log")
         server.wait_for_log("Ready to accept connections", timeout=30)
         yield f"redis://127.0.0.1:{port}"
@@ -330,7 +287,7 @@ class Run:
         try:
             commands, (marker, count) = worker_commands(system, env)
             for number, command in enumerate(commands, 1):
-                with signals_held():
+                with registering():
                     started.append(Process(command, env, folder / f"worker{number}.log"))
             for worker in started:
                 worker.wait_for_log(marker, READY_TIMEOUT_S, count)
@@ -386,7 +343,7 @@ def client(system: System, env: dict[str, str], folder: Path, sizes: Sizes) -> J
     command = [sys.executable, str(Path(__file__).resolve()), "--client", system.name]
     popen = None
     try:
-        with signals_held():
+        with registering():
             popen = subprocess.Popen(
                 [*command, "--params", params],
                 env=env,
