@@ -183,11 +183,10 @@ def reconcile() -> str:
 
 def publish_chunks(job_id: str, indexes: Sequence[int], queue: str = queues.CHUNKS) -> None:
     """One message per chunk through one producer, confirmed by RabbitMQ as one batch."""
-    route = _route(queue)
 
     def publish(producer: Any) -> int:
         for index in indexes:
-            run_chunk.apply_async((job_id, index), producer=producer, retry=False, **route)
+            run_chunk.apply_async((job_id, index), producer=producer, retry=False, queue=queue)
         return len(indexes)
 
     try:
@@ -204,7 +203,7 @@ def publish_chunks(job_id: str, indexes: Sequence[int], queue: str = queues.CHUN
                     (job_id, index),
                     producer=producer,
                     confirm_timeout=settings.broker_timeout,
-                    **route,
+                    queue=queue,
                 )
 
 
@@ -223,13 +222,11 @@ def retry_job(job_id: str) -> list[int]:
 def chunks_in_flight(view: ledger.JobView) -> bool:
     """Whether a chunk of the job may be queued or running: its queue is not empty, or a
     worker has one of its chunks. If the broker or the workers cannot tell, it may be."""
-    job = JOBS.get(view.name)
-    queue = _route(queues.CHUNKS if job is None else job.queue).get("queue")
     try:
         with app.connection_for_write() as connection:
             try:
                 _, depth, _ = connection.default_channel.queue_declare(
-                    queue=queue or app.conf.task_default_queue, passive=True
+                    queue=_chunk_queue(view.name), passive=True
                 )
             except ChannelError:  # no such queue: nothing is in it
                 depth = 0
@@ -247,15 +244,15 @@ def chunks_in_flight(view: ledger.JobView) -> bool:
 
 
 def _queue_of(job_id: str) -> str:
-    """The queue of the job's chunks (a job this process does not know: the chunks queue)."""
-    job = JOBS.get(ledger.get(job_context(), job_id).name)
+    """The queue of the job's chunks."""
+    return _chunk_queue(ledger.get(job_context(), job_id).name)
+
+
+def _chunk_queue(job_name: str) -> str:
+    """The queue a job's chunks travel on (a job this process does not know: the chunks
+    queue). Every queue is declared in every configuration (routing.py)."""
+    job = JOBS.get(job_name)
     return queues.CHUNKS if job is None else job.queue
-
-
-def _route(queue: str) -> dict[str, str]:
-    """``queue=`` for a queue the app declares; without declared queues, the task's route."""
-    declared = {declared.name for declared in app.conf.task_queues or ()}
-    return {"queue": queue} if queue in declared else {}
 
 
 def cancel_job(job_id: str) -> ledger.JobView:
