@@ -54,6 +54,7 @@ class ConfirmWindow:
         self._sent = 0  # the delivery tag of the channel's last publish
         # delivery tag -> (task id, how to send it again); ordered by tag.
         self._pending: dict[int, tuple[str, Resend]] = {}
+        self._tags_of: dict[str, list[int]] = {}  # task id -> its publishes' pending tags
         self._failed: dict[str, BaseException] = {}  # by task id, kept for its result
         self._unreported: list[str] = []  # failed task ids no publish has raised yet
 
@@ -76,6 +77,7 @@ class ConfirmWindow:
                 result = send(producer)
                 for tag in range(first, self._sent + 1):
                     self._pending[tag] = (task_id, resend)
+                    self._tags_of.setdefault(task_id, []).append(tag)
             except LOST as exc:
                 self._lost(exc)
                 self._raise_unreported()
@@ -86,12 +88,13 @@ class ConfirmWindow:
         """Return once ``task_id`` is confirmed (at once if it is not out); raise if it was
         refused or lost and could not be sent again."""
         with self._lock:
-            tags = [tag for tag, (pending, _) in self._pending.items() if pending == task_id]
-            if tags:
-                try:
+            # Looked up, not searched: a burst's results are read with up to WINDOW pending.
+            try:
+                # RabbitMQ may confirm a task-sent event before the task's own message.
+                while tags := self._tags_of.get(task_id):
                     self._read(block_until=tags[-1])
-                except LOST as exc:
-                    self._lost(exc)
+            except LOST as exc:
+                self._lost(exc)
             failure = self._failed.get(task_id)
             if failure is not None:
                 if task_id in self._unreported:
@@ -160,7 +163,15 @@ class ConfirmWindow:
 
     def _settled(self, delivery_tag: int, multiple: bool) -> list[tuple[str, Resend]]:
         tags = [tag for tag in self._pending if tag <= delivery_tag] if multiple else [delivery_tag]
-        return [self._pending.pop(tag) for tag in tags if tag in self._pending]
+        settled = []
+        for tag in tags:
+            if tag in self._pending:
+                settled.append(entry := self._pending.pop(tag))
+                tags_of_task = self._tags_of[entry[0]]
+                tags_of_task.remove(tag)
+                if not tags_of_task:
+                    del self._tags_of[entry[0]]
+        return settled
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
         self._settled(delivery_tag, multiple)
@@ -172,6 +183,7 @@ class ConfirmWindow:
         """The connection or channel ended: what it did not confirm is sent again."""
         lost = list(self._pending.values())
         self._pending.clear()
+        self._tags_of.clear()
         self._close()
         self._send_again(lost)
 
@@ -183,6 +195,7 @@ class ConfirmWindow:
         for task_id, _ in dict(self._pending.values()).items():
             self._fail(task_id, error)
         self._pending.clear()
+        self._tags_of.clear()
         self._close()
 
     def _send_again(self, entries: list[tuple[str, Resend]]) -> None:

@@ -13,7 +13,7 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,16 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.engine.interfaces import DBAPICursor
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 
 BUSY_TIMEOUT_MS = 30_000
 # How long one try for the write lock waits inside SQLite, and the most a writer then sleeps
 # before it tries again (see _begin_immediate).
 WRITE_TRY_MS = 2
 WRITE_RETRY_MAX_S = 0.002
+# The longest a wait trusts an unchanged data_version (see watch_changes).
+WATCH_REREAD_S = 1.0
 _WRITE = "batchapp_write"
 _FILE_ID = "batchapp_file_id"
 
@@ -114,7 +117,18 @@ def _sqlite_on_begin(connection: Connection) -> None:
 
 
 def _begin_immediate(connection: Connection) -> None:
-    """Take the write lock, trying every few milliseconds for up to the busy timeout.
+    """Start the connection's transaction holding the write lock (see :func:`_take_write_lock`)."""
+
+    def is_locked(exc: Exception) -> bool:
+        return isinstance(exc, OperationalError) and "locked" in str(exc.orig)
+
+    _take_write_lock(connection.exec_driver_sql, is_locked)
+
+
+def _take_write_lock(
+    execute: Callable[[str], object], is_locked: Callable[[Exception], bool]
+) -> None:
+    """``BEGIN IMMEDIATE``, trying every few milliseconds for up to the busy timeout.
 
     SQLite's own busy handler sleeps 100 ms between tries once it has waited a little, and the
     lock goes to whoever asks at the instant it is free: with eight processes committing short
@@ -122,18 +136,79 @@ def _begin_immediate(connection: Connection) -> None:
     short tries at short random intervals it got 2,014 and the longest wait was 0.7 s.
     """
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    connection.exec_driver_sql(f"PRAGMA busy_timeout = {WRITE_TRY_MS}")
+    execute(f"PRAGMA busy_timeout = {WRITE_TRY_MS}")
     try:
         while True:
             try:
-                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                execute("BEGIN IMMEDIATE")
                 return
-            except OperationalError as exc:
-                if "locked" not in str(exc.orig) or time.monotonic() >= deadline:
+            except Exception as exc:
+                if not is_locked(exc) or time.monotonic() >= deadline:
                     raise
             time.sleep(random.uniform(0, WRITE_RETRY_MAX_S))
     finally:
-        connection.exec_driver_sql(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+
+@contextmanager
+def sqlite_cursor(engine: Engine, *, write: bool) -> Iterator[DBAPICursor]:
+    """A cursor on one of ``engine``'s pooled SQLite connections, without SQLAlchemy's work per
+    statement (a result read costs 70 us here against 370 us through a Connection).
+
+    Without ``write`` each statement is its own transaction (one SELECT is consistent by
+    itself); with it the block is one ``BEGIN IMMEDIATE ... COMMIT``, rolled back on error.
+    Driver errors come out as SQLAlchemy's, which Celery's retries and our callers catch.
+    """
+    connection = engine.raw_connection()
+    cursor = connection.cursor()
+    try:
+        if write:
+            _take_write_lock(cursor.execute, lambda exc: "locked" in str(exc))
+        try:
+            yield cursor
+            if write:
+                cursor.execute("COMMIT")
+        except BaseException:
+            # An error SQLite answers by rolling back itself leaves nothing to roll back.
+            if write and cursor.connection.in_transaction:
+                cursor.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
+    finally:
+        cursor.close()
+        connection.close()
+
+
+@contextmanager
+def watch_changes(engine: Engine) -> Iterator[Callable[[], bool] | None]:
+    """A check of whether any connection committed to the database since the check last ran
+    (its first run says yes), for a wait that polls: ``PRAGMA data_version`` on a connection
+    held for the wait costs 9 us on SQLite, where reading a job or a result costs 70-400 us.
+    None where the database cannot tell so cheaply (PostgreSQL): read on every poll there.
+    It also says yes once a second whatever the version: a file replaced during the wait
+    (db.py reopens it on the next checkout) never changes the held connection's version.
+    """
+    if engine.dialect.name != "sqlite":
+        yield None
+        return
+    connection = engine.raw_connection()
+    cursor = connection.cursor()
+    seen: list[Any] = [None, 0.0]
+
+    def changed() -> bool:
+        version = cursor.execute("PRAGMA data_version").fetchone()
+        now = time.monotonic()
+        if version == seen[0] and now - seen[1] < WATCH_REREAD_S:
+            return False
+        seen[:] = [version, now]
+        return True
+
+    try:
+        yield changed
+    finally:
+        cursor.close()
+        connection.close()
 
 
 def placeholder(engine: Engine | Connection) -> str:

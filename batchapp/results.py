@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from functools import cache
 from typing import Any
 
@@ -34,7 +35,7 @@ from sqlalchemy.exc import DatabaseError
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeEngine
 
-from batchapp.db import driver_url, engine_for, placeholder
+from batchapp.db import driver_url, engine_for, placeholder, sqlite_cursor, watch_changes
 
 FIRST_POLL_S = 0.0005
 POLL_BACKOFF = 1.15
@@ -128,11 +129,7 @@ class DatabaseBackend(CeleryDatabaseBackend):  # type: ignore[misc]
             # The upsert's last value is 'children', which an old table lacks.
             params = values if statement == SELECT or self._children else values[:-1]
             try:
-                with engine.connect() as connection:
-                    result = connection.exec_driver_sql(sql, params)
-                    row = result.first() if statement == SELECT else None
-                    connection.commit()
-                    return row
+                return _run(engine, statement, sql, params)
             except DatabaseError:
                 if attempt == 2 or not self._repair_table(engine):
                     raise
@@ -205,23 +202,40 @@ class DatabaseBackend(CeleryDatabaseBackend):  # type: ignore[misc]
         no_ack: bool = True,
         on_interval: Any = None,
     ) -> dict[str, Any]:
-        """Poll from 0.5 ms, backing off by 15% to ``interval``, so short tasks return at once."""
+        """Poll from 0.5 ms, backing off by 15% to ``interval``, so short tasks return at once;
+        on SQLite a poll reads the result only when something was committed since the last."""
         self._ensure_not_eager()
         deadline = None if timeout is None else time.monotonic() + timeout
         nap = min(FIRST_POLL_S, interval)
-        while True:
-            meta: dict[str, Any] = self.get_task_meta(task_id)
-            if meta["status"] in states.READY_STATES:
-                return meta
-            if on_interval:
-                on_interval()
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise CeleryTimeoutError("The operation timed out.")
-                nap = min(nap, remaining)
-            time.sleep(nap)
-            nap = min(nap * POLL_BACKOFF, interval)
+        engine = self._fast_engine()
+        with watch_changes(engine) if engine is not None else nullcontext() as changed:
+            while True:
+                if changed is None or changed():
+                    meta: dict[str, Any] = self.get_task_meta(task_id)
+                    if meta["status"] in states.READY_STATES:
+                        return meta
+                if on_interval:
+                    on_interval()
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise CeleryTimeoutError("The operation timed out.")
+                    nap = min(nap, remaining)
+                time.sleep(nap)
+                nap = min(nap * POLL_BACKOFF, interval)
+
+
+def _run(engine: Engine, statement: int, sql: str, params: tuple[Any, ...]) -> Sequence[Any] | None:
+    """One statement in a transaction of its own; the row it selects, if it is a select."""
+    if engine.dialect.name == "sqlite":
+        with sqlite_cursor(engine, write=statement == UPSERT) as cursor:
+            cursor.execute(sql, params)
+            return cursor.fetchone() if statement == SELECT else None
+    with engine.connect() as connection:
+        result = connection.exec_driver_sql(sql, params)
+        row = result.first() if statement == SELECT else None
+        connection.commit()
+        return row
 
 
 @cache

@@ -24,6 +24,7 @@ from batchapp.db import engine_for
 from batchapp.jobs import JOBS, JobContext, ParamError
 from batchapp.jobs.base import utcnow
 from batchapp.jobs.import_csv import FileChanged
+from batchapp.ledger import views
 from batchapp.sales_csv import write_sample
 from batchapp.settings import load
 from batchapp.tables import (
@@ -668,6 +669,35 @@ def test_wait_keeps_waiting_while_a_chunk_is_in_flight(ctx: JobContext) -> None:
 
     done = ledger.wait(ctx, view.id, timeout=30, in_flight=running_then_done, stall_after=0.05)
     assert (done.status, len(asked)) == ("succeeded", 3)
+
+
+def test_wait_on_sqlite_reads_the_job_only_after_a_commit(
+    ctx: JobContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    view = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, Published())
+    reads: list[str] = []
+    read = views.get
+
+    def counted(ctx: JobContext, job_id: str) -> ledger.JobView:
+        reads.append(job_id)
+        return read(ctx, job_id)
+
+    monkeypatch.setattr(views, "get", counted)
+    with pytest.raises(TimeoutError, match="still running"):
+        ledger.wait(ctx, view.id, timeout=0.3)
+    on_sqlite = ctx.engine.dialect.name == "sqlite"
+    # SQLite tells for 9 us a poll that nothing was committed; PostgreSQL reads every poll.
+    assert len(reads) == 1 if on_sqlite else len(reads) > 5
+
+    reads.clear()
+
+    def finish_on_first_look(current: ledger.JobView) -> None:
+        if current.status == "running":
+            run_all(ctx, view.id, [0, 1])  # commits on other connections wake the wait
+
+    done = ledger.wait(ctx, view.id, timeout=30, on_progress=finish_on_first_look)
+    assert done.result == 210
+    assert len(reads) == 2 if on_sqlite else len(reads) >= 2
 
 
 def test_ledger_work_a_chunk_stays_flat_over_a_3000_chunk_job(tmp_path: Path) -> None:

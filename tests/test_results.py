@@ -17,10 +17,13 @@ import pytest
 import sqlalchemy.dialects.postgresql.base
 from celery import states
 from celery.backends.database import DatabaseBackend as CeleryDatabaseBackend
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 from sqlalchemy import create_engine, text
 from sqlalchemy.dialects.postgresql import psycopg2
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
+from batchapp import db
 from batchapp.celery import app, settings
 from batchapp.db import driver_url, engine_for
 from batchapp.processes import CeleryProcess
@@ -200,3 +203,79 @@ def test_results_keep_coming_after_the_results_file_is_deleted_or_replaced(
     with reader.connect() as connection:
         rows = connection.execute(text("SELECT count(*) FROM celery_taskmeta")).scalar()
     assert rows == 1  # the new file holds the result written after the change, and only it
+
+
+def counting_reads(backend: DatabaseBackend, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every result read ``backend`` makes from now on, by task id."""
+    reads: list[str] = []
+    read = backend.get_task_meta
+
+    def counted(task_id: str, *args: object, **kwargs: object) -> dict[str, object]:
+        reads.append(task_id)
+        return read(task_id, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(backend, "get_task_meta", counted)
+    return reads
+
+
+def test_a_wait_on_sqlite_reads_only_after_a_commit(
+    backend: DatabaseBackend, url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task_id = uuid.uuid4().hex
+    reads = counting_reads(backend, monkeypatch)
+    with pytest.raises(CeleryTimeoutError):
+        backend.wait_for(task_id, timeout=0.3)
+    # Nothing was committed: SQLite's data_version says so for 9 us a poll, so the result is
+    # read once; PostgreSQL cannot tell cheaply and reads on every poll (from 0.5 ms).
+    assert len(reads) == 1 if url.startswith("sqlite") else len(reads) > 10
+
+    reads.clear()
+    stored: list[bool] = []
+
+    def store_once() -> None:
+        if not stored:
+            backend.store_result(task_id, 5050, states.SUCCESS)  # another connection commits
+            stored.append(True)
+
+    meta = backend.wait_for(task_id, timeout=30, on_interval=store_once)
+    assert (meta["status"], meta["result"]) == (states.SUCCESS, 5050)
+    assert len(reads) == 2 if url.startswith("sqlite") else len(reads) >= 2
+
+
+def test_watch_changes_sees_other_connections_commits_and_rereads_each_second(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = engine_for(f"sqlite:///{tmp_path / 'watched.sqlite'}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+    monkeypatch.setattr(db, "WATCH_REREAD_S", 0.2)
+    with db.watch_changes(engine) as changed:
+        assert changed is not None
+        assert (changed(), changed()) == (True, False)
+        with engine.begin() as connection:
+            connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+        assert (changed(), changed()) == (True, False)
+        started = time.monotonic()
+        wait_until(changed, timeout=5)
+        assert time.monotonic() - started >= 0.2
+
+
+def test_watch_changes_on_postgresql_says_read_every_time(postgres_url: str) -> None:
+    with db.watch_changes(engine_for(postgres_url)) as changed:
+        assert changed is None
+
+
+def test_a_raw_sqlite_write_rolls_back_on_error_and_errors_are_sqlalchemys(
+    tmp_path: Path,
+) -> None:
+    engine = engine_for(f"sqlite:///{tmp_path / 'raw.sqlite'}")
+    with db.sqlite_cursor(engine, write=True) as cursor:
+        cursor.execute("CREATE TABLE t (x INTEGER PRIMARY KEY)")
+    with pytest.raises(RuntimeError), db.sqlite_cursor(engine, write=True) as cursor:
+        cursor.execute("INSERT INTO t VALUES (1)")
+        raise RuntimeError("the caller failed after writing")
+    missing = pytest.raises(OperationalError, match="no such table: missing")
+    with missing, db.sqlite_cursor(engine, write=False) as cursor:
+        cursor.execute("SELECT * FROM missing")
+    with db.sqlite_cursor(engine, write=False) as cursor:
+        assert cursor.execute("SELECT count(*) FROM t").fetchone() == (0,)
