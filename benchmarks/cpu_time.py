@@ -1,8 +1,8 @@
 """CPU time spent by groups of processes between two readings of /proc, for ``peers.py``.
 
 A reading takes every process's utime+stime+cutime+cstime from ``/proc/<pid>/stat`` in one pass,
-then sorts the processes into named groups (a worker and all its descendants, the processes
-called ``beam.smp``, ...) chosen afresh at each reading, so a pool process forked in between
+then sorts the processes into named groups (a worker and all its descendants, the server that
+listens on a port, ...) chosen afresh at each reading, so a pool process forked in between
 counts. A child that ended in between is counted through its parent's cutime/cstime once the
 parent reaps it; a process that ended with nobody in its group to reap it (a worker that died,
 RabbitMQ restarted) is a gap: its CPU since the first reading is missing, and ``used`` says so.
