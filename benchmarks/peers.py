@@ -9,8 +9,9 @@ database (of a redis-server this run starts), SQLite files and queue names. Roun
 round 1 runs every system once, round 2 every system again, and so on, each turn with fresh
 workers, so a machine that is slower for a while slows every system alike. The caller side of
 each turn runs in a child process (``peers.py --client NAME``) with that system's environment;
-the calls themselves live in ``peer_apps/<system>.py``. Everything the run starts is stopped on
-exit, on SIGTERM/SIGINT and on ``--timeout``.
+the calls themselves live in ``peer_apps/<system>.py``. The caller also reads the CPU time each
+group of processes (caller, workers, RabbitMQ, Redis) spends on each measure (``cpu_time.py``).
+Everything the run starts is stopped on exit, on SIGTERM/SIGINT and on ``--timeout``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import cpu_time
 from harness import registering, stop_on_signals
 
 from batchapp import processes
@@ -46,7 +48,8 @@ HERE = Path(__file__).resolve().parent
 JSONDict = dict[str, Any]
 CLIENT_TIMEOUT_S = 900.0
 READY_TIMEOUT_S = 90.0
-ROOT_BROKER_URL = "amqp://guest:guest@127.0.0.1:5672//"
+RABBITMQ_PORT = 5672
+ROOT_BROKER_URL = f"amqp://guest:guest@127.0.0.1:{RABBITMQ_PORT}//"
 MEASURES = ("rtt_ms", "tasks_per_s", "mapreduce_ms")
 RTT_N = 100
 MAPREDUCE_N, MAPREDUCE_CHUNK = 100, 10  # 10 chunks of 10
@@ -62,7 +65,8 @@ class Sizes:
 
 
 FULL = Sizes(rounds=7, warmup=5, rtt_calls=30, tasks=2000, mapreduce_runs=5)
-QUICK = Sizes(rounds=1, warmup=2, rtt_calls=5, tasks=100, mapreduce_runs=2)
+# 20 timed calls: 5 cost Huey's whole path less than one clock tick of CPU (cpu_time.py).
+QUICK = Sizes(rounds=1, warmup=2, rtt_calls=20, tasks=100, mapreduce_runs=2)
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,11 @@ class System:
     vhost: bool = False
     redis_db: int | None = None
     settings: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def celery_pool(self) -> bool:
+        """Its worker is Celery's: a main process that consumes, and a pool that runs tasks."""
+        return self.module in ("batchapp_peer", "celery_peer")
 
 
 SYSTEMS = (
@@ -188,8 +197,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def redis_server(folder: Path) -> Iterator[str]:
-    """A redis-server of this run's own (no snapshots), stopped afterwards; yields its URL."""
+def redis_server(folder: Path) -> Iterator[tuple[str, int]]:
+    """A redis-server of this run's own (no snapshots), stopped afterwards; yields URL and pid."""
     if shutil.which("redis-server") is None:
         raise SystemExit("peers.py: redis-server is not on the PATH (apt-get install redis-server)")
     port = free_port()
@@ -201,7 +210,7 @@ def redis_server(folder: Path) -> Iterator[str]:
         with registering():
             server = Process(command, env, folder / "redis.log")
         server.wait_for_log("Ready to accept connections", timeout=30)
-        yield f"redis://127.0.0.1:{port}"
+        yield f"redis://127.0.0.1:{port}", server.pid
     finally:
         if server is not None:
             server.stop()
@@ -216,9 +225,13 @@ class Run:
     root: Path
     redis_url: str
     vhosts: dict[str, str]
+    redis_pid: int | None = None
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     # samples[system][measure][round index] -> that turn's samples
     samples: dict[str, dict[str, dict[int, list[float]]]] = field(default_factory=dict)
+    # cpu[system][measure][round index] -> CPU ms per operation of each group of processes
+    cpu: dict[str, dict[str, dict[int, dict[str, float]]]] = field(default_factory=dict)
+    cpu_gaps: dict[str, list[str]] = field(default_factory=dict)
     errors: dict[str, list[str]] = field(default_factory=dict)
     checked: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -291,7 +304,11 @@ class Run:
                     started.append(Process(command, env, folder / f"worker{number}.log"))
             for worker in started:
                 worker.wait_for_log(marker, READY_TIMEOUT_S, count)
-            return client(system, env, folder, self.sizes)
+            # The caller reads these processes' CPU time around each measure.
+            pids = {"PEERS_WORKER_PIDS": " ".join(str(worker.pid) for worker in started)}
+            if self.redis_pid is not None:
+                pids["PEERS_REDIS_PID"] = str(self.redis_pid)
+            return client(system, env | pids, folder, self.sizes)
         finally:
             for worker in started:
                 worker.stop()
@@ -304,8 +321,12 @@ class Run:
     def record(self, system: System, round_index: int, out: JSONDict) -> None:
         self.checked[system.name] = self.checked.get(system.name, 0) + out["results_checked"]
         series = self.samples.setdefault(system.name, {m: {} for m in MEASURES})
+        cpu = self.cpu.setdefault(system.name, {m: {} for m in MEASURES})
         for measure in MEASURES:
             series[measure][round_index] = out[measure]
+            cpu[measure][round_index] = out["cpu_ms_per_op"][measure]
+        for gap in out["cpu_gaps"]:
+            self.cpu_gaps.setdefault(system.name, []).append(f"round {round_index + 1} {gap}")
         progress(
             f"{system.name}: rtt {statistics.median(out['rtt_ms']):.1f} ms, "
             f"{out['tasks_per_s'][0]:.0f} tasks/s, "
@@ -369,9 +390,57 @@ def client(system: System, env: dict[str, str], folder: Path, sizes: Sizes) -> J
 # -- the caller side (child process) -------------------------------------------------------------
 
 
+def env_pids(variable: str) -> list[int]:
+    return [int(pid) for pid in os.environ.get(variable, "").split()]
+
+
+def cpu_groups(system: System) -> dict[str, cpu_time.Selector]:
+    """The processes whose CPU a measure of ``system`` costs, by group: the broker and Redis
+    only where the system uses them, so no system is charged another's idle server."""
+    workers = env_pids("PEERS_WORKER_PIDS")
+    groups = {"caller": cpu_time.exactly([os.getpid()])}
+    if system.celery_pool:
+        groups |= {"worker_main": cpu_time.exactly(workers), "worker_pool": cpu_time.below(workers)}
+    else:
+        groups["workers"] = cpu_time.tree(workers)
+    if system.vhost:
+        groups["rabbitmq"] = cpu_time.exactly(cpu_time.serving("beam.smp", RABBITMQ_PORT))
+    if system.redis_db is not None:
+        groups["redis"] = cpu_time.exactly(env_pids("PEERS_REDIS_PID"))
+    return groups
+
+
+def per_operation(ms: dict[str, float], operations: int) -> dict[str, float]:
+    """Each group's CPU ms per operation, with ``workers`` (main + pool) and ``total``."""
+    figures = {group: spent / operations for group, spent in ms.items()}
+    if "worker_main" in figures:
+        figures["workers"] = figures["worker_main"] + figures["worker_pool"]
+    parts = ("caller", "workers", "rabbitmq", "redis")
+    figures["total"] = sum(figures.get(group, 0.0) for group in parts)
+    return figures
+
+
+@dataclass
+class CpuMeter:
+    """CPU per operation of each measure, read around (never inside) its timed section."""
+
+    groups: dict[str, cpu_time.Selector]
+    per_op: dict[str, dict[str, float]] = field(default_factory=dict)
+    gaps: list[str] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def measure(self, name: str, operations: int) -> Iterator[None]:
+        before = cpu_time.read(self.groups)
+        yield
+        usage = cpu_time.used(before, cpu_time.read(self.groups, own_first=True))
+        self.per_op[name] = per_operation(usage.ms, operations)
+        self.gaps += [f"{name}: {gap}" for gap in usage.gaps]
+
+
 def run_client(name: str, sizes: Sizes) -> JSONDict:
     """The three measures for one system, each result checked against sum_to."""
     peer = importlib.import_module(f"peer_apps.{BY_NAME[name].module}")
+    meter = CpuMeter(cpu_groups(BY_NAME[name]))
     count = 0
 
     def checked(what: str, got: object, expected: object) -> None:
@@ -383,29 +452,34 @@ def run_client(name: str, sizes: Sizes) -> JSONDict:
     for _ in range(sizes.warmup):
         checked(f"call({RTT_N})", peer.call(RTT_N), sum_to(RTT_N))
     rtt = []
-    for _ in range(sizes.rtt_calls):
-        start = time.perf_counter()
-        value = peer.call(RTT_N)
-        rtt.append((time.perf_counter() - start) * 1000)
-        checked(f"call({RTT_N})", value, sum_to(RTT_N))
+    with meter.measure("rtt_ms", sizes.rtt_calls):
+        for _ in range(sizes.rtt_calls):
+            start = time.perf_counter()
+            value = peer.call(RTT_N)
+            rtt.append((time.perf_counter() - start) * 1000)
+            checked(f"call({RTT_N})", value, sum_to(RTT_N))
 
     ns = [number % 1000 for number in range(sizes.tasks)]
-    start = time.perf_counter()
-    values = peer.call_many(ns)
-    tasks_per_s = len(ns) / (time.perf_counter() - start)
+    with meter.measure("tasks_per_s", len(ns)):
+        start = time.perf_counter()
+        values = peer.call_many(ns)
+        tasks_per_s = len(ns) / (time.perf_counter() - start)
     checked(f"call_many of {len(ns)}", values, [sum_to(n) for n in ns])
 
     checked("map_reduce", peer.map_reduce(MAPREDUCE_N, MAPREDUCE_CHUNK), sum_to(MAPREDUCE_N))
     mapreduce = []
-    for _ in range(sizes.mapreduce_runs):
-        start = time.perf_counter()
-        total = peer.map_reduce(MAPREDUCE_N, MAPREDUCE_CHUNK)
-        mapreduce.append((time.perf_counter() - start) * 1000)
-        checked("map_reduce", total, sum_to(MAPREDUCE_N))
+    with meter.measure("mapreduce_ms", sizes.mapreduce_runs):
+        for _ in range(sizes.mapreduce_runs):
+            start = time.perf_counter()
+            total = peer.map_reduce(MAPREDUCE_N, MAPREDUCE_CHUNK)
+            mapreduce.append((time.perf_counter() - start) * 1000)
+            checked("map_reduce", total, sum_to(MAPREDUCE_N))
     return {
         "rtt_ms": rtt,
         "tasks_per_s": [tasks_per_s],
         "mapreduce_ms": mapreduce,
+        "cpu_ms_per_op": meter.per_op,
+        "cpu_gaps": meter.gaps,
         "results_checked": count,
     }
 
@@ -505,6 +579,17 @@ def versions() -> JSONDict:
     return found
 
 
+def cpu_medians(run: Run, name: str) -> dict[str, dict[str, float]]:
+    """Each group's CPU ms per operation for every measure, the median over rounds."""
+    medians = {}
+    for measure, turns in run.cpu[name].items():
+        groups = next(iter(turns.values()), {})
+        medians[measure] = {
+            group: statistics.median(turn[group] for turn in turns.values()) for group in groups
+        }
+    return medians
+
+
 def figures(run: Run) -> JSONDict:
     systems: JSONDict = {}
     for system in SYSTEMS:
@@ -519,6 +604,8 @@ def figures(run: Run) -> JSONDict:
         for measure in MEASURES:
             turns = series[measure].values()
             systems[system.name][measure] = summary([x for turn in turns for x in turn])
+        systems[system.name]["cpu_ms_per_op"] = cpu_medians(run, system.name)
+        systems[system.name]["cpu_gaps"] = run.cpu_gaps.get(system.name, [])
     return {
         "quick": run.quick,
         "sizes": run.sizes.__dict__,
@@ -570,6 +657,7 @@ def render(result: JSONDict) -> str:
         if name != "batchapp" and any(ratios.values()):
             cells = (f"{m} {' '.join(f'{r:.2f}' for r in ratios[m])}" for m in MEASURES)
             lines.append(f"  {name}: {'; '.join(cells)}")
+    lines += render_cpu(result)
     lines.append("")
     for name, target in result["targets"].items():
         verdict = {True: "pass", False: "MISSED", None: "no figure"}[target["passed"]]
@@ -578,6 +666,34 @@ def render(result: JSONDict) -> str:
         lines.append(f"target {name}: median per-round ratio {median}: {verdict}{note}")
     lines += [f"FAILED {name}: {errors[0]}" for name, errors in result["errors"].items()]
     return "\n".join(lines)
+
+
+def render_cpu(result: JSONDict) -> list[str]:
+    """The CPU table: where each system's time goes, and the tasks/s its total CPU allows."""
+    cpus = result["machine"]["cpus"]
+    lines = [
+        "",
+        "CPU per operation, ms: caller/workers/broker/total (broker: RabbitMQ and Redis where "
+        f"used); bound: {cpus} cores / total CPU per task",
+        "| system | rtt | tasks/s | map-reduce | worker main/pool per task | bound tasks/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, figure in result["systems"].items():
+        cells = []
+        for measure in MEASURES:
+            cpu = figure["cpu_ms_per_op"][measure]
+            broker = cpu.get("rabbitmq", 0.0) + cpu.get("redis", 0.0)
+            parts = (cpu["caller"], cpu["workers"], broker, cpu["total"])
+            cells.append("/".join(f"{part:.2f}" for part in parts))
+        task = figure["cpu_ms_per_op"]["tasks_per_s"]
+        split = "-"
+        if "worker_main" in task:
+            split = f"{task['worker_main']:.2f}/{task['worker_pool']:.2f}"
+        bound = f"{cpus * 1000 / task['total']:.0f}" if task["total"] else "-"
+        lines.append(f"| {name} | {' | '.join(cells)} | {split} | {bound} |")
+    for name, figure in result["systems"].items():
+        lines += [f"CPU gap (figure low) {name} {gap}" for gap in figure["cpu_gaps"]]
+    return lines
 
 
 def rounded(value: Any) -> Any:
@@ -603,10 +719,10 @@ def run_all(sizes: Sizes, quick: bool, only: Sequence[str]) -> JSONDict:
             for s in systems
             if s.vhost
         }
-        redis_url = stack.enter_context(redis_server(root))
+        redis_url, redis_pid = stack.enter_context(redis_server(root))
         names = " ".join(sorted(url.rsplit("/", 1)[1] for url in vhosts.values()))
         progress(f"run folder {root}, vhosts {names}, {redis_url}")
-        run = Run(sizes, quick, root, redis_url, vhosts)
+        run = Run(sizes, quick, root, redis_url, vhosts, redis_pid)
         for round_index in range(sizes.rounds):
             # A different system goes first each round, so none always runs on a cold machine.
             shift = round_index % len(systems)

@@ -6,6 +6,7 @@ reported in quick mode; the full run (benchmarks/peers.py without --quick) enfor
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import signal
@@ -31,15 +32,32 @@ SYSTEMS = (
     "rq",
 )
 MEASURES = ("rtt_ms", "tasks_per_s", "mapreduce_ms")
+CELERY_WORKERS = ("batchapp", "celery_seed", "celery_rpc", "celery_redis")
+ON_RABBITMQ = ("batchapp", "celery_seed", "celery_rpc", "celery_redis", "dramatiq")
+ON_REDIS = ("celery_redis", "dramatiq", "huey_redis", "rq")
+
+
+def benchmarks_module(name: str) -> Any:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
 
 
 def peers_module() -> Any:
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import peers
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-    return peers
+    return benchmarks_module("peers")
+
+
+def expected_cpu_groups(name: str) -> set[str]:
+    groups = {"caller", "workers", "total"}
+    if name in CELERY_WORKERS:
+        groups |= {"worker_main", "worker_pool"}
+    if name in ON_RABBITMQ:
+        groups.add("rabbitmq")
+    if name in ON_REDIS:
+        groups.add("redis")
+    return groups
 
 
 def run_quick(timeout: float = 240) -> tuple[int, str, str]:
@@ -77,6 +95,19 @@ def test_quick_run_measures_every_system_and_checks_every_result() -> None:
             assert 0 < low <= mid <= high, f"{name} {measure}: {figure[measure]}"
         ratios = result["ratios_to_batchapp"][name]
         assert all(len(ratios[m]) == 1 and ratios[m][0] > 0 for m in MEASURES), name
+        assert figure["cpu_gaps"] == [], name
+        for measure in MEASURES:
+            cpu = figure["cpu_ms_per_op"][measure]
+            assert set(cpu) == expected_cpu_groups(name), f"{name} {measure}: {cpu}"
+            assert all(value >= 0 for value in cpu.values()), f"{name} {measure}: {cpu}"
+            parts = sum(cpu.get(group, 0) for group in ("caller", "workers", "rabbitmq", "redis"))
+            assert cpu["total"] > 0 and cpu["total"] == pytest.approx(parts, abs=0.01), name
+        # 100 tasks cost every caller and every worker well over one clock tick.
+        tasks = figure["cpu_ms_per_op"]["tasks_per_s"]
+        assert tasks["caller"] > 0 and tasks["workers"] > 0, f"{name}: {tasks}"
+        if name in CELERY_WORKERS:
+            split = tasks["worker_main"] + tasks["worker_pool"]
+            assert tasks["worker_pool"] > 0 and split == pytest.approx(tasks["workers"], abs=0.01)
     assert result["ratios_to_batchapp"]["batchapp"] == {m: [1.0] for m in MEASURES}
     for name, target in result["targets"].items():
         assert target["enforced"] is False and len(target["per_round"]) == 1, name
@@ -178,6 +209,7 @@ def test_a_turn_that_lost_its_broker_runs_once_more_but_a_wrong_result_does_not(
     run = peers.Run(peers.QUICK, False, tmp_path, "redis://unused", {})
     rq = peers.BY_NAME["rq"]
     out = {"rtt_ms": [1.0], "tasks_per_s": [100.0], "mapreduce_ms": [9.0], "results_checked": 7}
+    out |= {"cpu_ms_per_op": {m: {"total": 1.0} for m in MEASURES}, "cpu_gaps": []}
     outcomes: list[Any] = [peers.Unavailable("caller exited with 75: ConnectionError"), out]
     attempts: list[int] = []
 
@@ -200,3 +232,23 @@ def test_a_turn_that_lost_its_broker_runs_once_more_but_a_wrong_result_does_not(
     run.turn(rq, 1)
     assert attempts == [1, 2, 1]
     assert run.errors == {"rq": ["round 2: rq: call(100) returned 5051, expected 5050"]}
+
+
+def test_cpu_counts_a_reaped_child_through_its_parent_and_reports_an_unreaped_end() -> None:
+    cpu_time = benchmarks_module("cpu_time")
+
+    def proc(pid: int, ppid: int, ticks: int, started: int = 1) -> Any:
+        return cpu_time.Proc(pid, ppid, "p", started, ticks)
+
+    before = cpu_time.Reading({"w": {1: proc(1, 0, 100), 2: proc(2, 1, 50), 3: proc(3, 1, 10)}})
+    # Child 2 ended and was reaped (its 70 ticks are now in 1's cutime); 4 was forked since.
+    now = {1: proc(1, 0, 100 + 5 + 70), 3: proc(3, 1, 13), 4: proc(4, 1, 2)}
+    after = cpu_time.Reading({"w": now})
+    usage = cpu_time.used(before, after)
+    assert usage.ms == {"w": (5 + 20 + 3 + 2) * cpu_time.TICK_MS} and usage.gaps == []
+
+    # The root restarted (same pid, another start time): nothing in the group reaped it or its
+    # children, so none of their CPU since the first reading is known.
+    after = cpu_time.Reading({"w": {1: proc(1, 0, 4, started=9)}})
+    usage = cpu_time.used(before, after)
+    assert usage.gaps == [f"w: p (pid {pid}) ended uncounted" for pid in (1, 2, 3)]
