@@ -404,7 +404,14 @@ def cpu_groups(system: System) -> dict[str, cpu_time.Selector]:
     else:
         groups["workers"] = cpu_time.tree(workers)
     if system.vhost:
-        groups["rabbitmq"] = cpu_time.exactly(cpu_time.serving("beam.smp", RABBITMQ_PORT))
+        rabbitmq = cpu_time.serving("beam.smp", RABBITMQ_PORT)
+        if not rabbitmq:
+            # A zero would read as a free broker; say it cannot be measured instead.
+            raise RuntimeError(
+                f"no beam.smp found listening on port {RABBITMQ_PORT} (is /proc/<pid>/fd "
+                "readable?): RabbitMQ's CPU cannot be measured"
+            )
+        groups["rabbitmq"] = cpu_time.exactly(rabbitmq)
     if system.redis_db is not None:
         groups["redis"] = cpu_time.exactly(env_pids("PEERS_REDIS_PID"))
     return groups
