@@ -125,3 +125,27 @@ def test_batches_share_a_channel_until_one_is_refused() -> None:
         ["job-d", 1],
         ["job-d", 2],
     ]
+
+
+def test_a_batch_that_breaks_midway_is_sent_again_one_by_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sends = 0
+    send = publishing.TaskMessages.send
+
+    def breaks_at_the_second(self: publishing.TaskMessages, producer: Any, args: Any) -> str:
+        nonlocal sends
+        sends += 1
+        if sends == 2:
+            raise ConnectionResetError("the broker dropped the connection")
+        return send(self, producer, args)
+
+    monkeypatch.setattr(publishing.TaskMessages, "send", breaks_at_the_second)
+    publish_chunks("job-e", [0, 1, 2], queues.CHUNKS)
+    monkeypatch.undo()
+    publish_chunks("job-e", [3], queues.CHUNKS)
+
+    indexes = [json.loads(m.body)[0][1] for m in take(queues.CHUNKS)]
+    # Chunk 0 went out before the break and again with the rest: the ledger drops the second.
+    assert sorted(set(indexes)) == [0, 1, 2, 3]
+    assert sorted(indexes) in ([0, 1, 2, 3], [0, 0, 1, 2, 3])
