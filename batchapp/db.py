@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -113,7 +113,14 @@ def _sqlite_on_begin(connection: Connection) -> None:
     if connection.get_execution_options().get(_WRITE, False):
         _begin_immediate(connection)
     else:
-        connection.exec_driver_sql("BEGIN")
+        # A deferred BEGIN takes no lock, so it cannot fail for a busy database.
+        _driver(connection).execute("BEGIN")
+
+
+def _driver(connection: Connection) -> sqlite3.Connection:
+    """The sqlite3 connection under ``connection``: a statement given to it straight costs
+    5 us, through SQLAlchemy's exec_driver_sql 50 us (events, a result object)."""
+    return cast(sqlite3.Connection, connection.connection.driver_connection)
 
 
 def _begin_immediate(connection: Connection) -> None:
@@ -122,13 +129,18 @@ def _begin_immediate(connection: Connection) -> None:
     def is_locked(exc: Exception) -> bool:
         return isinstance(exc, OperationalError) and "locked" in str(exc.orig)
 
-    _take_write_lock(connection.exec_driver_sql, is_locked)
+    # BEGIN IMMEDIATE goes through SQLAlchemy, which makes "database is locked" its own
+    # OperationalError (what callers retry on); the PRAGMAs cannot fail that way.
+    _take_write_lock(connection.exec_driver_sql, is_locked, _driver(connection).execute)
 
 
 def _take_write_lock(
-    execute: Callable[[str], object], is_locked: Callable[[Exception], bool]
+    execute: Callable[[str], object],
+    is_locked: Callable[[Exception], bool],
+    pragma: Callable[[str], object] | None = None,
 ) -> None:
-    """``BEGIN IMMEDIATE``, trying every few milliseconds for up to the busy timeout.
+    """``BEGIN IMMEDIATE``, trying every few milliseconds for up to the busy timeout; the busy
+    timeout is set through ``pragma`` (by default ``execute``).
 
     SQLite's own busy handler sleeps 100 ms between tries once it has waited a little, and the
     lock goes to whoever asks at the instant it is free: with eight processes committing short
@@ -136,7 +148,8 @@ def _take_write_lock(
     short tries at short random intervals it got 2,014 and the longest wait was 0.7 s.
     """
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
-    execute(f"PRAGMA busy_timeout = {WRITE_TRY_MS}")
+    pragma = pragma or execute
+    pragma(f"PRAGMA busy_timeout = {WRITE_TRY_MS}")
     try:
         while True:
             try:
@@ -147,7 +160,7 @@ def _take_write_lock(
                     raise
             time.sleep(random.uniform(0, WRITE_RETRY_MAX_S))
     finally:
-        execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        pragma(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from batchapp import ledger, queues
 from batchapp.celery import app, settings
 from batchapp.db import configure_engine, driver_url, engine_for
 from batchapp.jobs import JOBS, JobContext, ParamError, get_job
-from batchapp.publishing import BatchappTask, BrokerTimeout, publish_batch
+from batchapp.publishing import BatchappTask, BrokerTimeout, TaskMessages, publish_batch
 from batchapp.sums import MAX_N, sum_to
 from batchapp.validate import require_int, require_str
 
@@ -184,10 +184,11 @@ def reconcile() -> str:
 def publish_chunks(job_id: str, indexes: Sequence[int], queue: str = queues.CHUNKS) -> None:
     """One message per chunk through one producer, confirmed by RabbitMQ as one batch."""
 
-    def publish(producer: Any) -> int:
+    def publish(producer: Any) -> None:
+        messages = TaskMessages(run_chunk, queue)
+        producer.maybe_declare(messages.queue)
         for index in indexes:
-            run_chunk.apply_async((job_id, index), producer=producer, retry=False, queue=queue)
-        return len(indexes)
+            messages.send(producer, (job_id, index))
 
     try:
         publish_batch(app, publish, timeout=settings.broker_timeout)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+from kombu.entity import Exchange, Queue
 
 from batchapp import processes
 from batchapp.testing import BrokerUnreachable, rabbitmq_vhost, require_broker
@@ -104,6 +105,19 @@ def purge_queue() -> None:
     # A connection of its own: a pooled one may have been closed by a broker restart meanwhile.
     with app.connection_for_write() as connection:
         app.control.purge(connection=connection)
+
+
+def refusing_queue() -> Queue:
+    """A queue RabbitMQ refuses every message for (with a nack), as a quorum queue does while
+    it elects a leader; it goes away with the connection that declared it."""
+    name = f"batchapp-full-{uuid.uuid4().hex[:6]}"
+    return Queue(
+        name,
+        Exchange(name, "direct", auto_delete=True),
+        routing_key=name,
+        auto_delete=True,
+        queue_arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
+    )
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,10 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from kombu import Exchange, Queue
+from kombu import Queue
 from kombu.exceptions import OperationalError
 
 from batchapp import confirms
@@ -19,7 +18,7 @@ from batchapp.celery import app
 from batchapp.processes import CeleryProcess
 from batchapp.sums import sum_to
 from batchapp.tasks import calculate_sum
-from tests.conftest import RESULT_TIMEOUT, Stack
+from tests.conftest import RESULT_TIMEOUT, Stack, refusing_queue
 
 REFUSED = r"RabbitMQ refused it \(nack\)"
 
@@ -33,14 +32,7 @@ def worker(stack: Stack) -> Iterator[CeleryProcess]:
 def full_queue() -> Iterator[Queue]:
     """A queue RabbitMQ refuses every message for (with a nack), as a quorum queue does while
     it elects a leader. Refusals no test read are taken out of the caller's window after."""
-    name = f"batchapp-full-{uuid.uuid4().hex[:6]}"
-    yield Queue(
-        name,
-        Exchange(name, "direct", auto_delete=True),
-        routing_key=name,
-        auto_delete=True,
-        queue_arguments={"x-max-length": 0, "x-overflow": "reject-publish"},
-    )
+    yield refusing_queue()
     window = confirms.pending_window(app)
     if window is not None:
         assert all("refused it (nack)" in line for line in window.flush())

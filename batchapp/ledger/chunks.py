@@ -81,11 +81,10 @@ def run_chunk(
         with write_transaction(ctx.engine) as connection:
             outcome = job.commit(connection, Chunk(job_id, found.params, found.spec, prepared), ctx)
             locked = lock_job(connection, job_id)
-            state = chunk_state(connection, locked, index)
-            if not chunk_may_move(state and state.status, DONE):
+            if not finish_chunk(connection, locked, index, outcome, redelivered=redelivered):
                 # Raising rolls back the output written above.
+                state = chunk_state(connection, locked, index)
                 raise _Dropped(_WHY_DROPPED[state and state.status])
-            finish_chunk(connection, locked, index, outcome, redelivered=redelivered)
             settle(connection, locked)
     except _Dropped as dropped:
         return f"job {job_id} chunk {index} {dropped}"

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Integer,
     bindparam,
     cast,
+    exists,
     func,
     select,
     update,
@@ -48,9 +49,14 @@ CHUNK_STATE = select(chunks.c.status, chunks.c.deliveries).where(
     chunks.c.job_id == bindparam("b_job_id"), chunks.c.idx == bindparam("b_idx")
 )
 
+# Only a pending chunk becomes done (states.CHUNK_MOVES): the row count says whether it was.
 CHUNK_DONE = (
     update(chunks)
-    .where(chunks.c.job_id == bindparam("b_job_id"), chunks.c.idx == bindparam("b_idx"))
+    .where(
+        chunks.c.job_id == bindparam("b_job_id"),
+        chunks.c.idx == bindparam("b_idx"),
+        chunks.c.status == PENDING,
+    )
     .values(
         status=DONE,
         attempts=chunks.c.attempts + 1,
@@ -77,17 +83,16 @@ CHUNK_COUNTS = (
     .group_by(chunks.c.status)
 )
 
-# Per chunk, whether any is left to run is one index probe, whatever the job's size.
-ANY_PENDING = (
-    select(chunks.c.idx)
-    .where(chunks.c.job_id == bindparam("b_job_id"), chunks.c.status == PENDING)
-    .limit(1)
-)
-
 TOUCH_JOB = (
     update(jobs)
     .where(jobs.c.id == bindparam("b_job_id"))
     .values(updated_at=bindparam("b_now", type_=DateTime))
+)
+
+# Per chunk, one statement marks the job as just moved if it has a chunk left to run (one
+# index probe, whatever the job's size); touching no row means the job is ready to finish.
+TOUCH_JOB_IF_PENDING = TOUCH_JOB.where(
+    exists().where(chunks.c.job_id == bindparam("b_job_id"), chunks.c.status == PENDING)
 )
 
 COUNT_DELIVERY = (

@@ -72,9 +72,10 @@ def chunk_may_move(current: str | None, new: str) -> bool:
 
 def finish_chunk(
     connection: Connection, job: LockedJob, index: int, outcome: ChunkOutcome, *, redelivered: bool
-) -> None:
-    """Record a pending chunk done, with what its work produced."""
-    connection.execute(
+) -> bool:
+    """Record the chunk done, with what its work produced, if it is pending; returns whether
+    it was (else nothing changed)."""
+    done = connection.execute(
         statements.CHUNK_DONE,
         {
             "b_job_id": job.id,
@@ -86,6 +87,7 @@ def finish_chunk(
             "b_finished_at": utcnow(),
         },
     )
+    return bool(done.rowcount)
 
 
 def move_chunks(
@@ -140,9 +142,11 @@ def move_job(
 def settle(connection: Connection, job: LockedJob) -> LockedJob:
     """After its chunks changed: a running job with no chunk left to run finishes (reduce or
     fail); otherwise it is only marked as just moved (the reconciler looks for jobs that don't)."""
-    key = {"b_job_id": job.id}
-    if job.status != RUNNING or connection.execute(statements.ANY_PENDING, key).first():
-        connection.execute(statements.TOUCH_JOB, key | {"b_now": utcnow()})
+    key = {"b_job_id": job.id, "b_now": utcnow()}
+    if job.status != RUNNING:
+        connection.execute(statements.TOUCH_JOB, key)
+        return job
+    if connection.execute(statements.TOUCH_JOB_IF_PENDING, key).rowcount:
         return job
     failed = connection.execute(
         select(chunks.c.idx, chunks.c.error)
