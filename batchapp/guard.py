@@ -184,6 +184,9 @@ def _task_body_problem(body: Any) -> str | None:
 
 def _shape_problem(value: Any, max_chars: int) -> str | None:
     """Nesting depth, item count and string sizes of a decoded JSON or header value."""
+    if not isinstance(value, dict | list | tuple):
+        # Most headers are one string or number: no walk (the guard runs on every message).
+        return _long_string(value, max_chars)
     items = 0
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
@@ -193,13 +196,20 @@ def _shape_problem(value: Any, max_chars: int) -> str | None:
         items += 1
         if items > MAX_ITEMS:
             return f"more than {MAX_ITEMS:,} items"
-        if isinstance(current, str | bytes) and len(current) > max_chars:
-            return f"a string of {len(current):,} characters, over the limit of {max_chars:,}"
+        too_long = _long_string(current, max_chars)
+        if too_long:
+            return too_long
         if isinstance(current, dict):
             stack.extend((key, depth + 1) for key in current)
             stack.extend((item, depth + 1) for item in current.values())
         elif isinstance(current, list | tuple):
             stack.extend((item, depth + 1) for item in current)
+    return None
+
+
+def _long_string(value: Any, max_chars: int) -> str | None:
+    if isinstance(value, str | bytes) and len(value) > max_chars:
+        return f"a string of {len(value):,} characters, over the limit of {max_chars:,}"
     return None
 
 
