@@ -15,10 +15,12 @@ import bm_import
 from harness import SUCCEEDED, Bench, JSONDict, Target, exact, progress
 
 NAME = "ticks_during_import"
-FULL = {"rows": 1_000_000, "chunk_rows": 20_000, "interval": 1.0}
-# A tick waits for at most one running chunk, so a chunk must end well inside an interval for
-# every tick to run: quick chunks of 5,000 rows take ~0.15 s idle, 10,000 took ~0.3 s and,
-# with other tests loading the machine, once more than the 0.5 s a quick tick lives.
+# A tick waits for at most one running chunk and lives one interval, so chunks must end well
+# inside an interval for every tick to run (at the default 60 s interval any chunk does).
+# Chunks here take about a third of an interval: 10,000 rows ~0.3 s on this machine (20,000
+# took 0.57-0.77 s and 3 of 59 ticks expired at 1 s); quick, 5,000 rows ~0.15 s of 0.5 s
+# (10,000 once outlived a quick tick under a loaded test run).
+FULL = {"rows": 1_000_000, "chunk_rows": 10_000, "interval": 1.0}
 QUICK = {"rows": 200_000, "chunk_rows": 5_000, "interval": 0.5}
 SENT = re.compile(r"Sending due task \S+ \(([^)]+)\)")
 DRAIN_S = 5.0
