@@ -8,7 +8,9 @@ always stopped.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,9 @@ from batchapp import processes
 from batchapp.testing import BrokerUnreachable, rabbitmq_vhost, require_broker
 
 RUN_DATA_DIR = Path(tempfile.mkdtemp(prefix="batchapp-test-"))
+# Gone when the process that made it exits: the workers the tests started have stopped by then,
+# and a run no longer leaves its folder (results, ledgers, logs) in /tmp.
+atexit.register(shutil.rmtree, RUN_DATA_DIR, ignore_errors=True)
 RESULT_TIMEOUT = 30.0
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
