@@ -124,23 +124,15 @@ class ConfirmWindow:
             # Kept at once, so a failure below still closes it (in _lost).
             connection = self._connection = self._app.connection_for_write()
             connection.ensure_connection(max_retries=3, timeout=self._timeout)
-            channel = connection.channel()
-            channel.confirm_select()
-            plain_publish = channel._basic_publish
-
-            def counted_publish(*args: Any, **kwargs: Any) -> Any:
-                # A task-sent event goes out on the same channel: every publish has a tag.
-                kwargs.pop("confirm_timeout", None)
-                done = plain_publish(*args, **kwargs)
-                self._sent += 1
-                return done
-
-            channel.basic_publish = counted_publish
-            channel.events["basic_ack"].add(self._on_ack)
-            channel.events["basic_nack"].add(self._on_nack)
+            channel = unwaited_confirm_channel(
+                connection, self._count_sent, self._on_ack, self._on_nack
+            )
             self._sent = 0
             self._producer = self._app.amqp.Producer(channel)
         return self._producer
+
+    def _count_sent(self) -> None:
+        self._sent += 1
 
     def _read(self, block_until: int | None) -> None:
         """Handle the confirms that have arrived; with a tag, wait until it is settled."""
@@ -221,6 +213,31 @@ class ConfirmWindow:
         connection, self._connection, self._producer = self._connection, None, None
         if connection is not None:
             connection.collect()
+
+
+def unwaited_confirm_channel(
+    connection: Any,
+    on_sent: Callable[[], None],
+    on_ack: Callable[[int, bool], None],
+    on_nack: Callable[[int, bool], None],
+) -> Any:
+    """A new channel of ``connection`` in confirm mode whose publishes do not wait for their
+    confirm (py-amqp's ``basic_publish`` does, with ``confirm_publish``). Each publish calls
+    ``on_sent``, so the caller counts delivery tags as RabbitMQ does (a task-sent event on the
+    channel is a publish too); each ack and nack goes to its handler."""
+    channel = connection.channel()
+    channel.confirm_select()
+    plain_publish = channel._basic_publish
+
+    def counted_publish(*args: Any, **kwargs: Any) -> Any:
+        done = plain_publish(*args, **kwargs)
+        on_sent()
+        return done
+
+    channel.basic_publish = counted_publish
+    channel.events["basic_ack"].add(on_ack)
+    channel.events["basic_nack"].add(on_nack)
+    return channel
 
 
 _windows: dict[tuple[int, int], ConfirmWindow] = {}

@@ -126,18 +126,19 @@ def _driver(connection: Connection) -> sqlite3.Connection:
 def _begin_immediate(connection: Connection) -> None:
     """Start the connection's transaction holding the write lock (see :func:`_take_write_lock`)."""
 
-    def is_locked(exc: Exception) -> bool:
-        return isinstance(exc, OperationalError) and "locked" in str(exc.orig)
-
     # BEGIN IMMEDIATE goes through SQLAlchemy, which makes "database is locked" its own
     # OperationalError (what callers retry on); the PRAGMAs cannot fail that way.
-    _take_write_lock(connection.exec_driver_sql, is_locked, _driver(connection).execute)
+    _take_write_lock(connection.exec_driver_sql, _driver(connection).execute)
+
+
+def _is_locked(exc: Exception) -> bool:
+    """SQLite's "database is locked", from the driver or as SQLAlchemy wraps it."""
+    error = exc.orig if isinstance(exc, OperationalError) else exc
+    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
 
 
 def _take_write_lock(
-    execute: Callable[[str], object],
-    is_locked: Callable[[Exception], bool],
-    pragma: Callable[[str], object] | None = None,
+    execute: Callable[[str], object], pragma: Callable[[str], object] | None = None
 ) -> None:
     """``BEGIN IMMEDIATE``, trying every few milliseconds for up to the busy timeout; the busy
     timeout is set through ``pragma`` (by default ``execute``).
@@ -156,7 +157,7 @@ def _take_write_lock(
                 execute("BEGIN IMMEDIATE")
                 return
             except Exception as exc:
-                if not is_locked(exc) or time.monotonic() >= deadline:
+                if not _is_locked(exc) or time.monotonic() >= deadline:
                     raise
             time.sleep(random.uniform(0, WRITE_RETRY_MAX_S))
     finally:
@@ -176,7 +177,7 @@ def sqlite_cursor(engine: Engine, *, write: bool) -> Iterator[DBAPICursor]:
     cursor = connection.cursor()
     try:
         if write:
-            _take_write_lock(cursor.execute, lambda exc: "locked" in str(exc))
+            _take_write_lock(cursor.execute)
         try:
             yield cursor
             if write:

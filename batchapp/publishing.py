@@ -82,22 +82,10 @@ class _ConfirmChannel:
 
     def __init__(self, app: Any, connection: Any) -> None:
         self.transport = connection.connection  # the socket it was opened on
-        self.channel = connection.channel()
-        self.channel.confirm_select()
+        self.channel = confirms.unwaited_confirm_channel(
+            connection, self._count_sent, self._on_ack, self._on_nack
+        )
         self.sent = self.acked = 0
-        publish = self.channel._basic_publish
-
-        def counted_publish(*args: Any, **kwargs: Any) -> Any:
-            # Counted as sent, rather than as the caller says, so that a task-sent event on
-            # this channel is confirmed too, and no wait per publish (py-amqp's own with
-            # confirm_publish).
-            done = publish(*args, **kwargs)
-            self.sent += 1
-            return done
-
-        self.channel.basic_publish = counted_publish
-        self.channel.events["basic_ack"].add(self._on_ack)
-        self.channel.events["basic_nack"].add(self._on_nack)
         self.producer = app.amqp.Producer(self.channel)
 
     @classmethod
@@ -111,6 +99,9 @@ class _ConfirmChannel:
     @classmethod
     def forget(cls, connection: Any) -> None:
         cls._kept.pop(connection, None)
+
+    def _count_sent(self) -> None:
+        self.sent += 1
 
     def _on_ack(self, delivery_tag: int, multiple: bool) -> None:
         self.acked = max(self.acked, delivery_tag)
