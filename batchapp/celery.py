@@ -14,6 +14,8 @@ except config.SettingsError as exc:
     # Celery's CLI would show a traceback from inside its app loader; this line says it all.
     raise SystemExit(f"batchapp: {exc}") from None
 
-app = Celery("batchapp", include=["batchapp.tasks"], task_cls="batchapp.publishing:BatchappTask")
+app = Celery(
+    "batchapp", include=["batchapp.tasks"], task_cls="batchapp.broker.publishing:BatchappTask"
+)
 app.config_from_object(config.celery_config(settings))
 celeryd_after_setup.connect(config.ignore_cancel_on_connection_loss_warning, weak=False)

@@ -24,8 +24,8 @@ from dotenv import load_dotenv
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from batchapp import routing
-from batchapp.schedule import beat_schedule
+from batchapp.beat.schedule import beat_schedule
+from batchapp.broker import routing
 
 PREFIX = "BATCHAPP_"
 BROKER_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "filesystem", "memory", "redis", "rediss"})
@@ -285,9 +285,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_channel_error_retry": True,
         "result_backend": settings.result_backend,
         # 'db' URLs get batchapp's backend: WAL, one upsert per result, fast polling get().
-        "override_backends": {"db": "batchapp.results:DatabaseBackend"},
+        "override_backends": {"db": "batchapp.storage.results:DatabaseBackend"},
         # Every SQLAlchemy engine Celery makes gets the same SQLite pragmas as ours.
-        "database_engine_callback": "batchapp.db:configure_engine",
+        "database_engine_callback": "batchapp.storage.engines:configure_engine",
         # Celery's default without its pool_pre_ping: db.py pings PostgreSQL only, as a local
         # SQLite file cannot drop a connection (a replaced file is caught without a query).
         "database_engine_options": {"pool_recycle": 3600},
@@ -328,11 +328,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Celery's consumer, checking every task message before Celery reads it (a bad one goes
         # to batchapp.dead), and failing over to another broker node without a 17 s stall.
-        "worker_consumer": "batchapp.consumer:Consumer",
+        "worker_consumer": "batchapp.broker.consumer:Consumer",
         "beat_schedule": routing.ticks_on_periodic(beat_schedule(settings.beat_interval)),
         # Any number of beats: one leads by a lease in the database, where the schedule's state
         # lives too (a shared dbm file corrupts under two beats).
-        "beat_scheduler": "batchapp.beat:LeaderScheduler",
+        "beat_scheduler": "batchapp.beat.scheduler:LeaderScheduler",
         "imports": [],
         **routing.celery_routing(settings.queue_type, settings.max_deliveries),
     }

@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
 
-from amqp.exceptions import AMQPError, ChannelError
+from amqp.exceptions import AMQPError
 from celery import Task
-from celery.signals import worker_init, worker_process_init
 from kombu.exceptions import OperationalError as KombuOperationalError
-from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.pool import NullPool
 
-from batchapp import ledger, queues
+from batchapp import ledger
+from batchapp.broker import queues
+from batchapp.broker.publishing import BatchappTask, BrokerTimeout, TaskMessages, publish_batch
 from batchapp.celery import app, settings
-from batchapp.db import configure_engine, driver_url, engine_for
-from batchapp.jobs import JOBS, JobContext, ParamError, get_job
-from batchapp.publishing import BatchappTask, BrokerTimeout, TaskMessages, publish_batch
+from batchapp.jobs import JOBS, ParamError, get_job
+from batchapp.runtime import job_context, ledger_here
 from batchapp.sums import MAX_N, sum_to
 from batchapp.validate import require_int, require_str
 
@@ -38,51 +34,6 @@ RECORD_ATTEMPTS = 5
 logger = logging.getLogger(__name__)
 
 BatchappTask.confirm_timeout = settings.broker_timeout
-
-_context: JobContext | None = None
-_context_pid = 0
-_worker_main_pid = 0
-
-
-def job_context() -> JobContext:
-    """This process's view of the batchapp database, made in this process, never inherited."""
-    global _context, _context_pid
-    if _context is None or _context_pid != os.getpid():
-        _context = _new_context(engine_for(settings.database_url))
-        _context_pid = os.getpid()
-    return _context
-
-
-def _new_context(engine: Any) -> JobContext:
-    return JobContext(
-        settings=settings, engine=engine, expire_results=lambda: app.backend.cleanup()
-    )
-
-
-@worker_init.connect
-def _note_worker_main_process(**_: Any) -> None:
-    global _worker_main_pid
-    _worker_main_pid = os.getpid()
-
-
-@worker_process_init.connect
-def _open_ledger_in_pool_process(**_: Any) -> None:
-    job_context()
-
-
-@contextmanager
-def _ledger_here() -> Iterator[JobContext]:
-    """The ledger for this process. The worker's main process forks pool processes, so it
-    keeps no pooled connection: it gets an engine without a pool, disposed after use."""
-    if os.getpid() != _worker_main_pid:
-        yield job_context()
-        return
-    engine = create_engine(driver_url(settings.database_url), poolclass=NullPool)
-    configure_engine(engine)
-    try:
-        yield _new_context(engine)
-    finally:
-        engine.dispose()
 
 
 @app.task(name="batchapp.tasks.calculate_sum", ignore_result=False, throws=(TypeError, ValueError))
@@ -112,7 +63,7 @@ def record_failure(job_id: str, index: int, exc: BaseException, *, redelivered: 
     reconciler finishes the job later. Runs in the worker's main process for a hard time limit."""
     for attempt in range(RECORD_ATTEMPTS):
         try:
-            with _ledger_here() as ctx:
+            with ledger_here() as ctx:
                 ledger.record_chunk_failure(ctx, job_id, index, exc, redelivered=redelivered)
             return
         except TRANSIENT_ERRORS as error:
@@ -174,7 +125,7 @@ def run_periodic(job_name: str, **params: Any) -> str:
 def reconcile() -> str:
     """Finish or restart running jobs that nothing has moved for a task time limit."""
     done = ledger.reconcile(
-        job_context(), lambda job_id, indexes: publish_chunks(job_id, indexes, _queue_of(job_id))
+        job_context(), lambda job_id, indexes: publish_chunks(job_id, indexes, queue_of(job_id))
     )
     for job_id, what in done.items():
         logger.warning("reconciler: job %s %s", job_id, what)
@@ -216,49 +167,20 @@ def submit_job(name: str, params: Mapping[str, Any], *, exclusive: bool = False)
 
 def retry_job(job_id: str) -> list[int]:
     """Publish again the chunks of a job that did not finish; see :func:`ledger.retry`."""
-    publish = partial(publish_chunks, queue=_queue_of(job_id))
+    publish = partial(publish_chunks, queue=queue_of(job_id))
     return ledger.retry(job_context(), job_id, publish)
 
 
-def chunks_in_flight(view: ledger.JobView) -> bool:
-    """Whether a chunk of the job may be queued or running: its queue is not empty, or a
-    worker has one of its chunks. If the broker or the workers cannot tell, it may be."""
-    try:
-        with app.connection_for_write() as connection:
-            try:
-                _, depth, _ = connection.default_channel.queue_declare(
-                    queue=_chunk_queue(view.name), passive=True
-                )
-            except ChannelError:  # no such queue: nothing is in it
-                depth = 0
-        if depth:
-            return True
-        inspect = app.control.inspect(timeout=1.0)
-        held = [*(inspect.active() or {}).values(), *(inspect.reserved() or {}).values()]
-    except Exception:
-        return True
-    return any(
-        task.get("name") == run_chunk.name and view.id in str(task.get("args"))
-        for tasks in held
-        for task in tasks
-    )
-
-
-def _queue_of(job_id: str) -> str:
+def queue_of(job_id: str) -> str:
     """The queue of the job's chunks."""
-    return _chunk_queue(ledger.get(job_context(), job_id).name)
+    return chunk_queue(ledger.get(job_context(), job_id).name)
 
 
-def _chunk_queue(job_name: str) -> str:
+def chunk_queue(job_name: str) -> str:
     """The queue a job's chunks travel on (a job this process does not know: the chunks
     queue). Every queue is declared in every configuration (routing.py)."""
     job = JOBS.get(job_name)
     return queues.CHUNKS if job is None else job.queue
-
-
-def cancel_job(job_id: str) -> ledger.JobView:
-    """Stop a running job; see :func:`ledger.cancel`."""
-    return ledger.cancel(job_context(), job_id)
 
 
 def _redelivered(request: Any) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 
 from harness import Bench, JSONDict, Target, exact, progress, ratio, timing
 
-from batchapp.tables import metadata
+from batchapp.storage.tables import metadata
 
 NAME = "import"
 FULL = {"rows": 1_000_000, "rows_large": 4_000_000}
@@ -68,7 +68,7 @@ def import_once(bench: Bench, rows: int) -> JSONDict:
 def client(params: JSONDict) -> JSONDict:
     """Submit import_csv and wait for the job; seconds from submit to succeeded."""
     from batchapp import ledger
-    from batchapp.tasks import job_context, submit_job
+    from batchapp.service import job_context, submit_job
 
     start = time.perf_counter()
     chunking = {"chunk_rows": params["chunk_rows"]} if "chunk_rows" in params else {}

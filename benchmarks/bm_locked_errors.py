@@ -63,7 +63,8 @@ class LoadTally:
 def client(params: JSONDict) -> JSONDict:
     """Two callers submitting many-chunk jobs and two calling calculate_sum, for a while."""
     from batchapp import ledger
-    from batchapp.tasks import calculate_sum, job_context, submit_job
+    from batchapp.service import job_context, submit_job
+    from batchapp.tasks import calculate_sum
 
     # A retried lock error is logged, not raised: let the caller's log reach stderr.
     logging.basicConfig(level=logging.INFO)

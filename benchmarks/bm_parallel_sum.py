@@ -38,7 +38,8 @@ def client(params: JSONDict) -> JSONDict:
     from celery import group
 
     from batchapp import ledger
-    from batchapp.tasks import calculate_sum, job_context, submit_job
+    from batchapp.service import job_context, submit_job
+    from batchapp.tasks import calculate_sum
 
     def job() -> None:
         view = submit_job("parallel_sum", {"n": 100, "chunk_size": 10})

@@ -47,7 +47,8 @@ def measure(bench: Bench, size: JSONDict) -> JSONDict:
 def client(params: JSONDict) -> JSONDict:
     """Submit the import, then time calls back to back for as long as it runs."""
     from batchapp import ledger
-    from batchapp.tasks import calculate_sum, job_context, submit_job
+    from batchapp.service import job_context, submit_job
+    from batchapp.tasks import calculate_sum
 
     if calculate_sum.delay(1).get(timeout=60) != 1:  # connections warm before the clock starts
         raise RuntimeError("calculate_sum(1) is not 1")

@@ -70,8 +70,8 @@ def client(params: JSONDict) -> JSONDict:
     from celery import uuid as task_uuid
     from celery.result import ResultSet
 
+    from batchapp.broker.publishing import publish_batch
     from batchapp.celery import app
-    from batchapp.publishing import publish_batch
     from batchapp.sums import sum_to
     from batchapp.tasks import calculate_sum
 

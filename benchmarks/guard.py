@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from batchapp.testing import processes_on
+from tests.support import processes_on
 
 GRACE_S = 20.0
 

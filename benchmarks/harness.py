@@ -24,8 +24,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from batchapp import processes
-from batchapp.sales_csv import write_sample
+# The benchmarks share the test suite's support (a vhost of their own, the broker check), which
+# is not part of the installed package: the repository's root goes on the path.
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from batchapp.cli import processes  # noqa: E402
+from batchapp.jobs.sales_csv import write_sample  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "run.py"
@@ -167,6 +172,7 @@ class Guard:
     def __init__(self) -> None:
         self.popen = subprocess.Popen(
             [sys.executable, str(GUARD)],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
             stdin=subprocess.PIPE,
             text=True,
             # Its own session: a Ctrl-C or a killpg meant for the runner does not reach it.

@@ -40,9 +40,9 @@ from typing import Any
 import cpu_time
 from harness import registering, stop_on_signals
 
-from batchapp import processes
+from batchapp.cli import processes
 from batchapp.sums import sum_to
-from batchapp.testing import BrokerUnreachable, rabbitmq_vhost, require_broker
+from tests.support import BrokerUnreachable, rabbitmq_vhost, require_broker
 
 HERE = Path(__file__).resolve().parent
 JSONDict = dict[str, Any]

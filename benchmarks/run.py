@@ -39,7 +39,7 @@ import bm_tasks_per_s
 import bm_ticks_during_import
 from harness import Bench, Guard, JSONDict, Target, progress, registering, stop_on_signals
 
-from batchapp.testing import rabbitmq_vhost
+from tests.support import rabbitmq_vhost
 
 MEASURES: tuple[ModuleType, ...] = (
     bm_rtt,

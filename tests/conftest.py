@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from kombu.entity import Exchange, Queue
 
-from batchapp import processes
-from batchapp.testing import BrokerUnreachable, rabbitmq_vhost, require_broker
+from batchapp.cli import processes
+from tests.support import BrokerUnreachable, rabbitmq_vhost, require_broker
 
 RUN_DATA_DIR = Path(tempfile.mkdtemp(prefix="batchapp-test-"))
 # Gone when the process that made it exits: the workers the tests started have stopped by then,
@@ -69,9 +69,9 @@ class Stack:
     @property
     def ctx(self):  # type: ignore[no-untyped-def]
         from batchapp.celery import settings
-        from batchapp.db import engine_for
         from batchapp.jobs import JobContext
-        from batchapp.tables import ensure_schema
+        from batchapp.storage.engines import engine_for
+        from batchapp.storage.tables import ensure_schema
 
         engine = engine_for(self.database_url)
         ensure_schema(engine)
@@ -151,7 +151,7 @@ def postgres_url() -> Iterator[str]:
     try:
         yield f"postgresql://postgres@127.0.0.1:5432/{database}"
     finally:
-        from batchapp.db import engine_for
+        from batchapp.storage.engines import engine_for
 
         engine_for(f"postgresql://postgres@127.0.0.1:5432/{database}").dispose()
         _psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
@@ -160,7 +160,7 @@ def postgres_url() -> Iterator[str]:
 def _psql(statement: str) -> None:
     from sqlalchemy import create_engine, text
 
-    from batchapp.db import driver_url
+    from batchapp.storage.engines import driver_url
 
     engine = create_engine(driver_url(POSTGRES_ADMIN_URL), isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:

@@ -23,9 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kombu import Producer
 
-from batchapp import guard, processes, queues
+from batchapp.broker import guard, queues
+from batchapp.broker.dead_letters import DEAD_LETTER_QUEUE, REASON_HEADER, dead_letter_queue
 from batchapp.celery import app
-from batchapp.dead_letters import DEAD_LETTER_QUEUE, REASON_HEADER, dead_letter_queue
+from batchapp.cli import processes
 from batchapp.tasks import calculate_sum, run_chunk
 from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, run_cli
 

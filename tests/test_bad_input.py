@@ -19,14 +19,15 @@ from hypothesis import strategies as st
 from kombu import Producer
 from sqlalchemy import delete, select, text
 
-from batchapp import ledger, queues, routing
+from batchapp import ledger
+from batchapp.broker import queues, routing
 from batchapp.celery import app
 from batchapp.celery import settings as app_settings
-from batchapp.db import engine_for
+from batchapp.cli.processes import CeleryProcess
 from batchapp.jobs import JobContext, import_csv
-from batchapp.processes import CeleryProcess
-from batchapp.sales_csv import COLUMNS, RowParser, write_sample
-from batchapp.tables import ensure_schema, sales, sales_rejects
+from batchapp.jobs.sales_csv import COLUMNS, RowParser, write_sample
+from batchapp.storage.engines import engine_for
+from batchapp.storage.tables import ensure_schema, sales, sales_rejects
 from batchapp.tasks import calculate_sum, publish_chunks, run_chunk, run_periodic
 from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack
 from tests.hostile import sales_line
@@ -133,7 +134,7 @@ def import_file(stack: Stack, name: str, content: bytes) -> ledger.JobView:
 def rejects(stack: Stack, job_id: str) -> dict[int, str]:
     from sqlalchemy import select
 
-    from batchapp.tables import sales_rejects
+    from batchapp.storage.tables import sales_rejects
 
     with stack.ctx.engine.connect() as connection:
         rows = connection.execute(

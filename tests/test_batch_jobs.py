@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from batchapp import ledger
 from batchapp.jobs import JobContext
-from batchapp.sales_csv import write_sample
-from batchapp.tables import chunks, sales, sales_rejects
+from batchapp.jobs.sales_csv import write_sample
+from batchapp.storage.tables import chunks, sales, sales_rejects
 from batchapp.tasks import publish_chunks, run_periodic
 from tests.conftest import RUN_DATA_DIR, Stack, _stack, run_cli
 

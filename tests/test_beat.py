@@ -6,7 +6,7 @@ import time
 
 from sqlalchemy import select
 
-from batchapp.tables import jobs
+from batchapp.storage.tables import jobs
 from tests.conftest import Stack
 
 

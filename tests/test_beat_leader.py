@@ -19,12 +19,12 @@ import pytest
 from celery.result import AsyncResult
 from sqlalchemy import Engine, select
 
-from batchapp import leases
-from batchapp.beat import LeaderScheduler, lease_seconds
+from batchapp.beat import leases
+from batchapp.beat.scheduler import LeaderScheduler, lease_seconds
 from batchapp.celery import app
-from batchapp.db import engine_for, write_transaction
-from batchapp.processes import CeleryProcess
-from batchapp.tables import beat_entries, beat_leases, ensure_schema, jobs
+from batchapp.cli.processes import CeleryProcess
+from batchapp.storage.engines import engine_for, write_transaction
+from batchapp.storage.tables import beat_entries, beat_leases, ensure_schema, jobs
 from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, run_cli
 
 LEASE = timedelta(seconds=10)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from batchapp.testing import processes_on
+from tests.support import processes_on
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
 

@@ -10,12 +10,12 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from batchapp.cli import _errors_as_one_line as errors_as_one_line
-from batchapp.cli import main
-from batchapp.db import engine_for
-from batchapp.processes import CeleryProcess
-from batchapp.sales_csv import write_sample
-from batchapp.tables import ensure_schema
+from batchapp.cli.commands import _errors_as_one_line as errors_as_one_line
+from batchapp.cli.commands import main
+from batchapp.cli.processes import CeleryProcess
+from batchapp.jobs.sales_csv import write_sample
+from batchapp.storage.engines import engine_for
+from batchapp.storage.tables import ensure_schema
 from tests.conftest import RUN_DATA_DIR, Stack, run_cli
 
 

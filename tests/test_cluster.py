@@ -30,11 +30,13 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from batchapp import ledger, processes, queues
+from batchapp import ledger
+from batchapp.broker import queues
+from batchapp.cli import processes
+from batchapp.cli.processes import CeleryProcess
 from batchapp.jobs import JobContext
-from batchapp.processes import CeleryProcess
+from batchapp.storage.tables import chunks
 from batchapp.sums import sum_to
-from batchapp.tables import chunks
 from batchapp.tasks import calculate_sum
 from tests.cluster import RabbitCluster, rabbitmq_cluster
 from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, run_cli

@@ -14,7 +14,7 @@ import yaml
 from dotenv import dotenv_values
 from sqlalchemy.engine import make_url
 
-from batchapp import queues
+from batchapp.broker import queues
 from batchapp.settings import Settings, load
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,9 +13,9 @@ import pytest
 from kombu import Queue
 from kombu.exceptions import OperationalError
 
-from batchapp import confirms
+from batchapp.broker import confirms
 from batchapp.celery import app
-from batchapp.processes import CeleryProcess
+from batchapp.cli.processes import CeleryProcess
 from batchapp.sums import sum_to
 from batchapp.tasks import calculate_sum
 from tests.conftest import RESULT_TIMEOUT, Stack, refusing_queue

@@ -27,14 +27,15 @@ import pytest
 from kombu import Connection
 from sqlalchemy import Integer, case, cast, func, select
 
-from batchapp import ledger, processes
+from batchapp import ledger
+from batchapp.cli import processes
+from batchapp.cli.processes import worker as start_worker
 from batchapp.jobs import JobContext
-from batchapp.processes import worker as start_worker
-from batchapp.sales_csv import write_sample
-from batchapp.tables import chunks, sales, sales_rejects
+from batchapp.jobs.sales_csv import write_sample
+from batchapp.storage.tables import chunks, sales, sales_rejects
 from batchapp.tasks import calculate_sum, publish_chunks, run_chunk
-from batchapp.testing import rabbitmq_vhost
 from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack
+from tests.support import rabbitmq_vhost
 
 pytestmark = pytest.mark.slow
 

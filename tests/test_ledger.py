@@ -20,14 +20,14 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from batchapp import ledger
-from batchapp.db import engine_for
 from batchapp.jobs import JOBS, JobContext, ParamError
 from batchapp.jobs.base import utcnow
 from batchapp.jobs.import_csv import FileChanged
+from batchapp.jobs.sales_csv import write_sample
 from batchapp.ledger import views
-from batchapp.sales_csv import write_sample
 from batchapp.settings import load
-from batchapp.tables import (
+from batchapp.storage.engines import engine_for
+from batchapp.storage.tables import (
     chunks,
     ensure_schema,
     jobs,
@@ -205,7 +205,7 @@ def test_import_plans_chunks_with_their_first_line_numbers(ctx: JobContext) -> N
     write_csv(ctx, "s.csv", 25)
     publish = Published()
     view = ledger.submit(ctx, "import_csv", {"path": "s.csv", "chunk_rows": 10}, publish)
-    from batchapp.tables import chunks
+    from batchapp.storage.tables import chunks
 
     with ctx.engine.connect() as connection:
         specs = (
@@ -263,7 +263,7 @@ def test_import_refuses_paths_outside_the_data_dir(ctx: JobContext, escape: str)
 
 
 def test_report_totals_sales_per_seoul_day_and_store(ctx: JobContext) -> None:
-    from batchapp.tables import sales_daily
+    from batchapp.storage.tables import sales_daily
 
     (ctx.settings.data_dir / "r.csv").write_text(
         "order_id,sold_at,store,sku,quantity,unit_price\n"
@@ -297,7 +297,7 @@ def test_report_totals_sales_per_seoul_day_and_store(ctx: JobContext) -> None:
 def test_cleanup_removes_jobs_past_retention_and_expires_results(ctx: JobContext) -> None:
     from sqlalchemy import update
 
-    from batchapp.tables import chunks, jobs
+    from batchapp.storage.tables import chunks, jobs
 
     expired: list[bool] = []
     ctx = replace(ctx, expire_results=lambda: expired.append(True))

@@ -13,9 +13,10 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 import tests.ledger_jobs  # noqa: F401 - registers the test jobs in this process too
-from batchapp import ledger, queues, tasks
+from batchapp import ledger, service, tasks
+from batchapp.broker import queues
+from batchapp.cli.processes import CeleryProcess
 from batchapp.jobs.base import utcnow
-from batchapp.processes import CeleryProcess
 from batchapp.tasks import publish_chunks, run_chunk
 from tests.conftest import RUN_DATA_DIR, Stack, run_cli
 
@@ -156,7 +157,7 @@ def test_after_a_hard_time_limit_the_main_process_keeps_no_ledger_connection(
 
 
 def test_recording_a_failure_retries_a_locked_database(monkeypatch: pytest.MonkeyPatch) -> None:
-    ctx = tasks.job_context()
+    ctx = service.job_context()
     view = ledger.submit(ctx, "parallel_sum", {"n": 10}, lambda *_: None)
     real = ledger.record_chunk_failure
     calls = []
@@ -201,13 +202,13 @@ def test_periodic_jobs_publish_their_chunks_on_the_periodic_queue(
     sent: list[tuple[str, str]] = []
 
     def publish(job_id: str, indexes: Sequence[int], queue: str = "") -> None:
-        sent.append((ledger.get(tasks.job_context(), job_id).name, queue))
+        sent.append((ledger.get(service.job_context(), job_id).name, queue))
 
     monkeypatch.setattr(tasks, "publish_chunks", publish)
     tasks.submit_job("report", {})
     failed = tasks.submit_job("parallel_sum", {"n": 10})
-    ledger.record_chunk_failure(tasks.job_context(), failed.id, 0, RuntimeError("x"))
-    tasks.retry_job(failed.id)
+    ledger.record_chunk_failure(service.job_context(), failed.id, 0, RuntimeError("x"))
+    service.retry_job(failed.id)
 
     assert sent == [
         ("report", queues.PERIODIC),
@@ -237,8 +238,8 @@ def test_celery_tells_whether_a_chunk_of_a_job_is_in_flight(
     running = ledger.submit(ctx, "slow_sum", {"n": 1, "ms": 6000}, publish_chunks)
     try:
         # Once the running chunk's message has left the queue, nothing of `lost` is anywhere.
-        wait_until(lambda: not tasks.chunks_in_flight(lost), "the lost job seen idle", 20)
-        assert tasks.chunks_in_flight(running)
+        wait_until(lambda: not service.chunks_in_flight(lost), "the lost job seen idle", 20)
+        assert service.chunks_in_flight(running)
     finally:
         ledger.cancel(ctx, lost.id)
         ledger.cancel(ctx, running.id)

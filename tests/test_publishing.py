@@ -11,7 +11,7 @@ import pytest
 from amqp.exceptions import MessageNacked
 from celery.signals import after_task_publish, before_task_publish
 
-from batchapp import guard, publishing, queues
+from batchapp.broker import guard, publishing, queues
 from batchapp.celery import app
 from batchapp.tasks import publish_chunks, run_chunk
 from tests.conftest import purge_queue, refusing_queue

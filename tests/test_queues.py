@@ -23,15 +23,17 @@ from amqp.exceptions import ChannelError
 from celery.exceptions import QueueNotFound
 from kombu.connection import Connection
 
-from batchapp import ledger, processes, queues, routing
+from batchapp import ledger
+from batchapp.broker import queues, routing
 from batchapp.celery import app
+from batchapp.cli import processes
+from batchapp.cli.processes import CeleryProcess
 from batchapp.jobs import JobContext
-from batchapp.processes import CeleryProcess
-from batchapp.sales_csv import write_sample
+from batchapp.jobs.sales_csv import write_sample
 from batchapp.settings import SettingsError, celery_config, load, mask_url
 from batchapp.tasks import calculate_sum, publish_chunks
-from batchapp.testing import rabbitmq_vhost
 from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, _psql, run_cli
+from tests.support import rabbitmq_vhost
 
 BIG_IMPORT_ROWS = 200_000
 CHUNK_ROWS = 10_000

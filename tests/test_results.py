@@ -23,11 +23,11 @@ from sqlalchemy.dialects.postgresql import psycopg2
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from batchapp import db
 from batchapp.celery import app, settings
-from batchapp.db import driver_url, engine_for
-from batchapp.processes import CeleryProcess
-from batchapp.results import DatabaseBackend
+from batchapp.cli.processes import CeleryProcess
+from batchapp.storage import engines as db
+from batchapp.storage.engines import driver_url, engine_for
+from batchapp.storage.results import DatabaseBackend
 from batchapp.tasks import calculate_sum
 from tests.conftest import RESULT_TIMEOUT, Stack, _psql
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchapp.sales_csv import COLUMNS, HeaderError, RowParser, read_header, write_sample
+from batchapp.jobs.sales_csv import COLUMNS, HeaderError, RowParser, read_header, write_sample
 from tests.hostile import sales_line
 
 SEOUL = ZoneInfo("Asia/Seoul")

@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 
 from batchapp import ledger
 from batchapp.celery import app
-from batchapp.sales_csv import write_sample
+from batchapp.jobs.sales_csv import write_sample
 from batchapp.settings import SettingsError, celery_config, load
-from batchapp.tables import sales
+from batchapp.storage.tables import sales
 from batchapp.tasks import calculate_sum, publish_chunks
 from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack
 
@@ -31,7 +31,7 @@ def test_defaults_are_json_only_seoul_and_sqlite_results_in_the_data_dir(tmp_pat
     assert config["task_serializer"] == config["result_serializer"] == "json"
     assert config["timezone"] == "Asia/Seoul"
     assert config["enable_utc"] is True
-    assert config["beat_scheduler"] == "batchapp.beat:LeaderScheduler"
+    assert config["beat_scheduler"] == "batchapp.beat.scheduler:LeaderScheduler"
 
 
 def test_every_celery_setting_is_a_lowercase_name(tmp_path: Path) -> None:

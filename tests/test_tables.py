@@ -6,8 +6,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, inspect, select, text, update
 
-from batchapp.db import configure_engine
-from batchapp.tables import ensure_schema, jobs, metadata
+from batchapp.storage.engines import configure_engine
+from batchapp.storage.tables import ensure_schema, jobs, metadata
 
 # batch_jobs as an older version had it: without `error`, `finished_at` and `exclusive`, and
 # JSON columns (numeric affinity on SQLite).

@@ -12,8 +12,8 @@ import pytest
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from kombu import Queue
 
-from batchapp import routing
-from batchapp.processes import CeleryProcess
+from batchapp.broker import routing
+from batchapp.cli.processes import CeleryProcess
 from batchapp.tasks import calculate_sum
 from tests.conftest import RESULT_TIMEOUT, Stack
 

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine
 
-from batchapp import queues
+from batchapp.broker import queues
 from batchapp.validate import shown
 
 if TYPE_CHECKING:

@@ -23,7 +23,6 @@ from typing import Any, BinaryIO
 
 from sqlalchemy import Connection
 
-from batchapp.db import placeholder
 from batchapp.jobs.base import (
     JSON,
     MAX_CHUNKS,
@@ -36,8 +35,9 @@ from batchapp.jobs.base import (
     int_param,
     str_param,
 )
-from batchapp.sales_csv import MAX_LINE_BYTES, RAW_KEEP, HeaderError, RowParser, read_header
-from batchapp.tables import sales, sales_rejects
+from batchapp.jobs.sales_csv import MAX_LINE_BYTES, RAW_KEEP, HeaderError, RowParser, read_header
+from batchapp.storage.engines import placeholder
+from batchapp.storage.tables import sales, sales_rejects
 from batchapp.validate import shown
 
 SCAN_BLOCK = 1 << 20

@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import Connection, DateTime, delete, func, insert, literal, select
 
-from batchapp import queues
+from batchapp.broker import queues
 from batchapp.jobs.base import JSON, Chunk, ChunkOutcome, Job, JobContext, check_keys, utcnow
-from batchapp.tables import chunks, jobs, locks, sales, sales_daily, sales_rejects
+from batchapp.storage.tables import chunks, jobs, locks, sales, sales_daily, sales_rejects
 
 
 class _SingleChunk(Job):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import traceback
 
-from batchapp.db import read_transaction, write_transaction
 from batchapp.jobs import JobContext, get_job
 from batchapp.jobs.base import Chunk, utcnow
 from batchapp.ledger import locks, statements
@@ -33,7 +32,8 @@ from batchapp.ledger.transitions import (
     move_job,
     settle,
 )
-from batchapp.tables import ensure_schema
+from batchapp.storage.engines import read_transaction, write_transaction
+from batchapp.storage.tables import ensure_schema
 
 _WHY_DROPPED = {
     DONE: "was already done; duplicate delivery dropped",

@@ -9,7 +9,6 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
-from batchapp.db import read_transaction, write_transaction
 from batchapp.jobs import JobContext, get_job
 from batchapp.jobs.base import MAX_CHUNKS, ParamError, utcnow
 from batchapp.ledger import locks
@@ -24,7 +23,8 @@ from batchapp.ledger.states import (
 )
 from batchapp.ledger.transitions import LockedJob, lock_job, move_chunks, move_job, settle
 from batchapp.ledger.views import JobView, get, view
-from batchapp.tables import chunks, ensure_schema, jobs
+from batchapp.storage.engines import read_transaction, write_transaction
+from batchapp.storage.tables import chunks, ensure_schema, jobs
 
 Publish = Callable[[str, Sequence[int]], None]
 """Sends one message per chunk index of a job (the Celery side supplies it)."""

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, select, update
 
-from batchapp.db import dialect_insert
-from batchapp.tables import locks
+from batchapp.storage.engines import dialect_insert
+from batchapp.storage.tables import locks
 
 if TYPE_CHECKING:
     # Only for annotations: the settings module pulls in Celery, which the ledger never needs.

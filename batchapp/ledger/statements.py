@@ -16,7 +16,7 @@ from sqlalchemy import (
 )
 
 from batchapp.ledger.states import DONE, PENDING
-from batchapp.tables import chunks, jobs
+from batchapp.storage.tables import chunks, jobs
 
 FIND_CHUNK = (
     select(

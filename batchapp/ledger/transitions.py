@@ -28,7 +28,7 @@ from batchapp.ledger.states import (
     UnknownJobError,
     check_job_move,
 )
-from batchapp.tables import chunks, jobs
+from batchapp.storage.tables import chunks, jobs
 
 ERROR_KEEP = 2000
 

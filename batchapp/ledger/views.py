@@ -10,7 +10,6 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, select
 
-from batchapp.db import read_transaction, watch_changes
 from batchapp.jobs import JobContext
 from batchapp.jobs.base import JSON
 from batchapp.ledger import counts
@@ -21,7 +20,8 @@ from batchapp.ledger.states import (
     JobStalledError,
     UnknownJobError,
 )
-from batchapp.tables import chunks, ensure_schema, jobs
+from batchapp.storage.engines import read_transaction, watch_changes
+from batchapp.storage.tables import chunks, ensure_schema, jobs
 
 FIRST_POLL_S = 0.0005
 MAX_POLL_S = 0.2

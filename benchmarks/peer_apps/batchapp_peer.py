@@ -20,7 +20,7 @@ def call_many(ns: list[int]) -> list[int]:
 def map_reduce(n: int, chunk_size: int) -> int:
     """``parallel_sum`` through the ledger; the chunk that finishes last runs the reduce."""
     from batchapp import ledger
-    from batchapp.tasks import job_context, submit_job
+    from batchapp.service import job_context, submit_job
 
     view = submit_job("parallel_sum", {"n": n, "chunk_size": chunk_size})
     done = ledger.wait(job_context(), view.id, timeout=RESULT_TIMEOUT_S)

@@ -1,7 +1,7 @@
 """The worker's consumer (``worker_consumer``): Celery's own, with two changes.
 
-Every task message is checked by :mod:`batchapp.guard` before Celery sees it: a malformed one is
-logged in one line and moved to the dead-letter queue, and the worker serves on.
+Every task message is checked by :mod:`batchapp.broker.guard` before Celery sees it: a malformed
+one is logged in one line and moved to the dead-letter queue, and the worker serves on.
 
 It fails over between the nodes of a cluster. With quorum queues Celery adds a
 ``DelayedDelivery`` step that runs each time the consumer (re)connects, before any message is
@@ -27,7 +27,7 @@ from celery.utils.log import get_logger
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.consumer.delayed_delivery import DelayedDelivery
 
-from batchapp import dead_letters, guard
+from batchapp.broker import dead_letters, guard
 from batchapp.settings import mask_url
 
 DEAD_LETTER_TIMEOUT_S = 10.0
@@ -62,7 +62,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     class Blueprint(CeleryConsumer.Blueprint):  # type: ignore[misc]
         default_steps: ClassVar[list[str]] = [
-            "batchapp.consumer:DelayedDeliveryOnLiveBroker" if step == CELERY_STEP else step
+            "batchapp.broker.consumer:DelayedDeliveryOnLiveBroker" if step == CELERY_STEP else step
             for step in CeleryConsumer.Blueprint.default_steps
         ]
 

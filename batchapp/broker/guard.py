@@ -3,7 +3,7 @@ broker can send any bytes, and Celery's own handling of a malformed message can 
 
 :func:`problem` returns what is wrong with a message (one line) or ``None``; it knows nothing of
 Celery's consumer, so every check is testable on plain values. The worker side is
-:mod:`batchapp.consumer`.
+:mod:`batchapp.broker.consumer`.
 """
 
 from __future__ import annotations

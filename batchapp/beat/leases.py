@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from batchapp.db import dialect_insert, read_transaction, write_transaction
 from batchapp.jobs.base import utcnow
-from batchapp.tables import beat_entries, beat_leases
+from batchapp.storage.engines import dialect_insert, read_transaction, write_transaction
+from batchapp.storage.tables import beat_entries, beat_leases
 
 
 def acquire(

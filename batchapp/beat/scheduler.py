@@ -1,6 +1,6 @@
 """Beat's scheduler: any number of ``celery -A batchapp beat`` may run against one deployment.
 
-The beat holding the lease in the batchapp database (see :mod:`batchapp.leases`) sends the
+The beat holding the lease in the batchapp database (see :mod:`batchapp.beat.leases`) sends the
 ticks; the others stand by and the first to see the lease expire takes over, within one beat
 interval. Each entry's last run lives in the database, recorded before its tick is sent, so a
 beat that takes over sends neither a tick the last leader sent nor one it missed. Set as
@@ -22,10 +22,10 @@ from celery.utils.log import get_logger
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from batchapp import leases
+from batchapp.beat import leases
 from batchapp.celery import settings
-from batchapp.db import engine_for
-from batchapp.tables import ensure_schema
+from batchapp.storage.engines import engine_for
+from batchapp.storage.tables import ensure_schema
 
 LEASE = "beat"
 logger = get_logger(__name__)

@@ -22,7 +22,7 @@ from typing import Any
 
 from kombu.entity import Exchange, Queue
 
-from batchapp.queues import ALL, CALLS, CHUNKS, PERIODIC
+from batchapp.broker.queues import ALL, CALLS, CHUNKS, PERIODIC
 
 QUEUE_TYPES = ("quorum", "classic")
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import click
 
 SAMPLE_ROWS = 20_000
 SAMPLE_BAD = 0.02
+WAIT_S = 120.0
 
 
 def run_demo(*, keep: bool = False) -> int:
@@ -26,10 +29,13 @@ def run_demo(*, keep: bool = False) -> int:
     os.environ.pop("BATCHAPP_RESULT_BACKEND", None)
     os.environ.pop("BATCHAPP_DATABASE_URL", None)
 
-    from batchapp import display, ledger, processes
-    from batchapp.celery import app
-    from batchapp.sales_csv import write_sample
-    from batchapp.tasks import calculate_sum, job_context, submit_job
+    from batchapp import service
+    from batchapp.cli import display, processes
+    from batchapp.jobs.sales_csv import write_sample
+    from batchapp.tasks import calculate_sum
+
+    def wait(view: service.JobView) -> Callable[..., service.JobView]:
+        return partial(service.wait_for_job, view, WAIT_S)
 
     click.echo(f"batchapp demo: embedded broker and SQLite results in {data_dir}")
     worker = processes.worker(os.environ, data_dir / "worker.log")
@@ -42,21 +48,21 @@ def run_demo(*, keep: bool = False) -> int:
         click.echo(f"calculate_sum(100) = {calculate_sum.delay(100).get(timeout=60)}\n")
 
         click.echo("beat schedule:")
-        tz = job_context().tz
-        display.print_schedule(display.schedule_entries(app, tz), tz)
+        tz = service.timezone()
+        display.print_schedule(service.schedule()[0], tz)
         click.echo()
 
-        view = submit_job("parallel_sum", {"n": 1_000_000, "chunk_size": 10_000})
-        view = display.wait_with_progress(job_context(), view, 120, show=True, lines=True)
+        view = service.submit_job("parallel_sum", {"n": 1_000_000, "chunk_size": 10_000})
+        view = display.wait_with_progress(view, wait(view), show=True, lines=True)
         display.print_job(view, tz)
         click.echo()
 
         stats = write_sample(data_dir / "sales.csv", SAMPLE_ROWS, SAMPLE_BAD)
         click.echo(f"sample CSV: {stats.rows:,} rows, {stats.bad:,} of them bad")
-        view = submit_job("import_csv", {"path": "sales.csv", "chunk_rows": 2_000})
-        view = display.wait_with_progress(job_context(), view, 120, show=True, lines=True)
+        view = service.submit_job("import_csv", {"path": "sales.csv", "chunk_rows": 2_000})
+        view = display.wait_with_progress(view, wait(view), show=True, lines=True)
         display.print_job(view, tz)
-        ok = view.status == ledger.SUCCEEDED
+        ok = view.status == service.SUCCEEDED
     finally:
         beat.stop()
         worker.stop()

@@ -18,13 +18,13 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
-from zoneinfo import ZoneInfo
 
 import click
 
-from batchapp import display
+from batchapp.cli import display
 from batchapp.validate import shown
 
 if TYPE_CHECKING:
@@ -88,8 +88,8 @@ def _errors_as_one_line() -> Iterator[None]:
     from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
     from batchapp.jobs import ParamError
+    from batchapp.jobs.sales_csv import SampleTargetError
     from batchapp.ledger import JobStateError, UnknownJobError
-    from batchapp.sales_csv import SampleTargetError
 
     try:
         yield
@@ -197,16 +197,14 @@ def submit(
     """Submit JOB with its parameters (see `batchapp jobs --help` for the job list)."""
     params = _parse_assignments(assignments)
     with _errors_as_one_line():
-        from batchapp import ledger
-        from batchapp.tasks import chunks_in_flight, job_context, submit_job
+        from batchapp import service
 
-        view = submit_job(job, params)
+        view = service.submit_job(job, params)
         if wait and not view.finished:
-            view = display.wait_with_progress(
-                job_context(), view, timeout, show=not as_json, in_flight=chunks_in_flight
-            )
-    display.print_job(view, job_context().tz, as_json=as_json)
-    if wait and view.status == ledger.FAILED:
+            wait_for = partial(service.wait_for_job, view, timeout)
+            view = display.wait_with_progress(view, wait_for, show=not as_json)
+    display.print_job(view, service.timezone(), as_json=as_json)
+    if wait and view.status == service.FAILED:
         sys.exit(1)
 
 
@@ -216,12 +214,11 @@ def submit(
 def status(job_id: str, as_json: bool) -> None:
     """Show one job: progress, result or error, and its failed chunks."""
     with _errors_as_one_line():
-        from batchapp import ledger
-        from batchapp.tasks import job_context
+        from batchapp import service
 
-        view = ledger.get(job_context(), job_id)
-        failed = [c for c in ledger.chunk_rows(job_context(), job_id) if c.status == "failed"]
-    display.print_job(view, job_context().tz, as_json=as_json)
+        view = service.get_job(job_id)
+        failed = service.failed_chunks(job_id)
+    display.print_job(view, service.timezone(), as_json=as_json)
     if failed and not as_json:
         click.echo("failed chunks:")
         for chunk in failed[:20]:
@@ -234,11 +231,10 @@ def status(job_id: str, as_json: bool) -> None:
 def jobs(limit: int, as_json: bool) -> None:
     """Recent jobs, newest first. Jobs you can submit: parallel_sum, import_csv, report, cleanup."""
     with _errors_as_one_line():
-        from batchapp import ledger
-        from batchapp.tasks import job_context
+        from batchapp import service
 
-        views = ledger.recent(job_context(), limit)
-        tz = job_context().tz
+        views = service.recent_jobs(limit)
+        tz = service.timezone()
     if as_json:
         click.echo(json.dumps([display.job_json(v, tz) for v in views], indent=2))
     else:
@@ -251,9 +247,9 @@ def jobs(limit: int, as_json: bool) -> None:
 def retry(job_id: str, as_json: bool) -> None:
     """Run again only the failed or unfinished chunks of a job."""
     with _errors_as_one_line():
-        from batchapp.tasks import retry_job
+        from batchapp import service
 
-        indexes = retry_job(job_id)
+        indexes = service.retry_job(job_id)
     if as_json:
         click.echo(json.dumps({"id": job_id, "republished": indexes}))
     else:
@@ -266,10 +262,10 @@ def retry(job_id: str, as_json: bool) -> None:
 def cancel(job_id: str, as_json: bool) -> None:
     """Stop a running job: chunks not yet run never run; `batchapp retry ID` runs them later."""
     with _errors_as_one_line():
-        from batchapp.tasks import cancel_job, job_context
+        from batchapp import service
 
-        view = cancel_job(job_id)
-    display.print_job(view, job_context().tz, as_json=as_json)
+        view = service.cancel_job(job_id)
+    display.print_job(view, service.timezone(), as_json=as_json)
 
 
 @main.command()
@@ -277,17 +273,12 @@ def cancel(job_id: str, as_json: bool) -> None:
 def schedule(as_json: bool) -> None:
     """The beat schedule, with each entry's next run time."""
     with _errors_as_one_line():
-        from batchapp import beat, leases
-        from batchapp.celery import app, settings
-        from batchapp.tables import ensure_schema
-        from batchapp.tasks import job_context
+        from batchapp import service
 
-        tz = ZoneInfo(settings.timezone)
-        entries = display.schedule_entries(app, tz)
-        ensure_schema(job_context().engine)
-        leader = leases.holder_of(job_context().engine, beat.LEASE)
+        tz = service.timezone()
+        entries, leader = service.schedule()
     if as_json:
-        click.echo(json.dumps(entries, indent=2))
+        click.echo(json.dumps([e.as_json(tz) for e in entries], indent=2))
     else:
         display.print_schedule(entries, tz)
         click.echo(f"sent by beat {leader}" if leader else "no beat holds the lease: none running")
@@ -300,19 +291,18 @@ def schedule(as_json: bool) -> None:
 def dead_letters(limit: int, purge: bool, as_json: bool) -> None:
     """Messages the workers refused (malformed, unknown task, too many retries), and why."""
     with _errors_as_one_line():
-        from batchapp import dead_letters as queue
-        from batchapp.celery import app, settings
+        from batchapp import service
 
         if purge:
-            purged = queue.purge(app, settings.broker_timeout)
+            purged = service.dead_letters_purge()
         else:
-            count, letters = queue.peek(app, limit, settings.broker_timeout)
+            count, letters = service.dead_letters_peek(limit)
     if purge:
         click.echo(json.dumps({"purged": purged}) if as_json else f"purged {purged} dead letter(s)")
     elif as_json:
         click.echo(json.dumps({"count": count, "messages": [m.as_json() for m in letters]}))
     else:
-        click.echo(f"{count} dead letter(s) in {queue.DEAD_LETTER_QUEUE}")
+        click.echo(f"{count} dead letter(s) in {service.DEAD_LETTER_QUEUE}")
         display.table(
             ("TASK", "ID", "FROM QUEUE", "REASON"),
             [(m.task[:40], m.id[:36], m.queue, m.reason) for m in letters],
@@ -337,7 +327,7 @@ def sample_csv(file: Path, rows: int, bad: float, seed: int, force: bool) -> Non
 
     An existing FILE is overwritten only if sample-csv wrote it (or with --force), and
     batchapp's databases never are."""
-    from batchapp.sales_csv import check_sample_target, write_sample
+    from batchapp.jobs.sales_csv import check_sample_target, write_sample
 
     with _errors_as_one_line():
         from batchapp.celery import settings
@@ -352,6 +342,6 @@ def sample_csv(file: Path, rows: int, bad: float, seed: int, force: bool) -> Non
 @click.option("--keep", is_flag=True, help="Keep the demo's data folder.")
 def demo(keep: bool) -> None:
     """Run worker and beat on an embedded broker, run the jobs, and stop everything."""
-    from batchapp.demo import run_demo
+    from batchapp.cli.demo import run_demo
 
     sys.exit(run_demo(keep=keep))

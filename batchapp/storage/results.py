@@ -35,7 +35,13 @@ from sqlalchemy.exc import DatabaseError
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeEngine
 
-from batchapp.db import driver_url, engine_for, placeholder, sqlite_cursor, watch_changes
+from batchapp.storage.engines import (
+    driver_url,
+    engine_for,
+    placeholder,
+    sqlite_cursor,
+    watch_changes,
+)
 
 FIRST_POLL_S = 0.0005
 POLL_BACKOFF = 1.15

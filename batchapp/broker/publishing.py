@@ -25,8 +25,8 @@ from celery.result import AsyncResult
 from celery.utils.saferepr import saferepr
 from kombu.exceptions import OperationalError as KombuOperationalError
 
-from batchapp import confirms
-from batchapp.delays import delay_options
+from batchapp.broker import confirms
+from batchapp.broker.delays import delay_options
 
 BROKER_TIMEOUT_S = 30.0
 

@@ -1,5 +1,5 @@
-"""The dead-letter queue: task messages the worker refused (see :mod:`batchapp.guard`), kept as
-received plus the reason, for an operator to read (``batchapp dead-letters``) and purge
+"""The dead-letter queue: task messages the worker refused (see :mod:`batchapp.broker.guard`),
+kept as received plus the reason, for an operator to read (``batchapp dead-letters``) and purge
 (``batchapp dead-letters --purge``). No worker consumes it.
 """
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from kombu.entity import Queue
 
-from batchapp.publishing import bounded
+from batchapp.broker.publishing import bounded
 
 DEAD_LETTER_QUEUE = "batchapp.dead"
 # A flood of bad messages must not fill the broker's disk: past this, the oldest go first.

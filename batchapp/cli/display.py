@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
-from functools import partial
-from typing import Any
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import click
-from celery.schedules import maybe_schedule
 
-from batchapp import ledger
-from batchapp.jobs import JobContext
-from batchapp.ledger import JobView
+if TYPE_CHECKING:
+    # Types only: the CLI imports the app (and so the settings) inside each command.
+    from batchapp.service import JobView, ScheduleEntry
 
 HIDDEN_PARAMS = frozenset({"columns", "size", "mtime_ns"})
 """Parameters the planner adds for itself: not worth a line in the summary."""
@@ -106,58 +104,19 @@ def _chunk_note(view: JobView) -> str:
     return f" ({', '.join(notes)})" if notes else ""
 
 
-def schedule_entries(app: Any, tz: ZoneInfo) -> list[dict[str, Any]]:
-    """Each of the app's beat entries with its next run time (as if beat started now)."""
-    now = datetime.now(UTC)
-    entries = []
-    for name, entry in app.conf.beat_schedule.items():
-        sched = maybe_schedule(entry["schedule"], app=app)
-        # Rounded to the second: the estimate lands a few microseconds early.
-        next_run = (now + sched.remaining_estimate(now) + timedelta(seconds=0.5)).replace(
-            microsecond=0
-        )
-        entries.append(
-            {
-                "name": name,
-                "task": entry["task"],
-                "args": list(entry.get("args", ())),
-                "schedule": _describe_schedule(sched),
-                "next_run": next_run.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S"),
-                "timezone": tz.key,
-            }
-        )
-    return entries
-
-
-def print_schedule(entries: Sequence[Mapping[str, Any]], tz: ZoneInfo) -> None:
+def print_schedule(entries: Sequence[ScheduleEntry], tz: ZoneInfo) -> None:
+    rows = [e.as_json(tz) for e in entries]
     table(
         ("ENTRY", "TASK", "ARGS", "SCHEDULE", f"NEXT RUN ({tz.key})"),
-        [
-            (e["name"], e["task"], json.dumps(e["args"]), e["schedule"], e["next_run"])
-            for e in entries
-        ],
+        [(e["name"], e["task"], json.dumps(e["args"]), e["schedule"], e["next_run"]) for e in rows],
     )
 
 
-def _describe_schedule(sched: Any) -> str:
-    if hasattr(sched, "_orig_minute"):
-        fields = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
-        return "cron " + " ".join(str(getattr(sched, f"_orig_{name}")) for name in fields)
-    return f"every {sched.run_every.total_seconds():g} s"
-
-
 def wait_with_progress(
-    ctx: JobContext,
-    view: JobView,
-    timeout: float | None,
-    *,
-    show: bool,
-    lines: bool = False,
-    in_flight: Callable[[JobView], bool] | None = None,
+    view: JobView, wait: Callable[..., JobView], *, show: bool, lines: bool = False
 ) -> JobView:
-    """Wait for the job: a progress bar on a terminal, else (``lines``) a line per 10%;
-    ``in_flight`` lets the wait notice a job nothing is working on (see ledger.wait)."""
-    wait = partial(ledger.wait, ctx, view.id, timeout=timeout, in_flight=in_flight)
+    """``wait(on_progress=...)`` for the job, showing a progress bar on a terminal, else
+    (``lines``) a line per 10%."""
     if lines and not sys.stderr.isatty():
         reported = -1
 

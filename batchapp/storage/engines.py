@@ -35,18 +35,21 @@ _WRITE = "batchapp_write"
 _FILE_ID = "batchapp_file_id"
 
 _engines: dict[str, Engine] = {}
-_engines_pid = os.getpid()
+
+
+def _forget_inherited_engines() -> None:
+    for inherited in _engines.values():
+        # Drop the parent's pooled connections without closing them under the parent.
+        inherited.dispose(close=False)
+    _engines.clear()
+
+
+# A forked child (a pool process) makes its own engines, never uses its parent's connections.
+os.register_at_fork(after_in_child=_forget_inherited_engines)
 
 
 def engine_for(url: str, **options: Any) -> Engine:
     """The engine for ``url`` in this process; a forked child gets its own, never its parent's."""
-    global _engines_pid
-    if os.getpid() != _engines_pid:
-        for inherited in _engines.values():
-            # Drop the parent's pooled connections without closing them under the parent.
-            inherited.dispose(close=False)
-        _engines.clear()
-        _engines_pid = os.getpid()
     key = f"{url} {sorted(options.items())!r}" if options else url
     engine = _engines.get(key)
     if engine is None:

@@ -32,7 +32,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DatabaseError
 from sqlalchemy.types import TypeEngine
 
-from batchapp.db import write_transaction
+from batchapp.storage.engines import write_transaction
 
 
 class ExactJSON(TypeDecorator[Any]):

@@ -1,0 +1,1 @@
+"""The ``batchapp`` command: submit, watch and steer jobs; start a local demo."""
