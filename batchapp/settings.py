@@ -285,7 +285,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_channel_error_retry": True,
         "result_backend": settings.result_backend,
         # 'db' URLs get batchapp's backend: WAL, one upsert per result, fast polling get().
-        "override_backends": {"db": "batchapp.storage.results:DatabaseBackend"},
+        "override_backends": {"db": "batchapp.internals.result_backend:DatabaseBackend"},
         # Every SQLAlchemy engine Celery makes gets the same SQLite pragmas as ours.
         "database_engine_callback": "batchapp.storage.engines:configure_engine",
         # Celery's default without its pool_pre_ping: db.py pings PostgreSQL only, as a local

@@ -144,7 +144,8 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
                 last_run_at, count = runs[name]
                 entry.last_run_at = last_run_at.replace(tzinfo=UTC)
                 entry.total_run_count = count
-        self._heap = None
+        # The next sends are computed from the last runs just loaded.
+        self.populate_heap()
         self.leading = True
         self._standby_logged = False
         logger.info(
@@ -156,5 +157,4 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
 
     def _stand_down(self, reason: str) -> None:
         self.leading = False
-        self._heap = None
         logger.warning("beat: standing down: %s", reason)

@@ -28,6 +28,8 @@ from typing import Any
 from amqp.exceptions import AMQPError
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from batchapp.internals.channel import unwaited_confirm_channel
+
 WINDOW = 1000
 """Unconfirmed messages one process may have out before a publish waits for confirms."""
 
@@ -213,31 +215,6 @@ class ConfirmWindow:
         connection, self._connection, self._producer = self._connection, None, None
         if connection is not None:
             connection.collect()
-
-
-def unwaited_confirm_channel(
-    connection: Any,
-    on_sent: Callable[[], None],
-    on_ack: Callable[[int, bool], None],
-    on_nack: Callable[[int, bool], None],
-) -> Any:
-    """A new channel of ``connection`` in confirm mode whose publishes do not wait for their
-    confirm (py-amqp's ``basic_publish`` does, with ``confirm_publish``). Each publish calls
-    ``on_sent``, so the caller counts delivery tags as RabbitMQ does (a task-sent event on the
-    channel is a publish too); each ack and nack goes to its handler."""
-    channel = connection.channel()
-    channel.confirm_select()
-    plain_publish = channel._basic_publish
-
-    def counted_publish(*args: Any, **kwargs: Any) -> Any:
-        done = plain_publish(*args, **kwargs)
-        on_sent()
-        return done
-
-    channel.basic_publish = counted_publish
-    channel.events["basic_ack"].add(on_ack)
-    channel.events["basic_nack"].add(on_nack)
-    return channel
 
 
 _windows: dict[tuple[int, int], ConfirmWindow] = {}

@@ -12,12 +12,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from celery.utils.quorum_queues import detect_quorum_queues
 from celery.utils.time import maybe_iso8601
-from kombu.transport.native_delayed_delivery import (
-    bind_queue_to_native_delayed_delivery_exchange,
-    declare_native_delayed_delivery_exchanges_and_queues,
-)
+
+from batchapp.internals.delays import declare_delay_topology, uses_quorum_queues
 
 _ready: set[str] = set()
 
@@ -28,7 +25,7 @@ def delay_options(app: Any, options: dict[str, Any]) -> dict[str, Any]:
     if not countdown and not eta:
         return options
     with app.connection_for_write() as connection:
-        if not detect_quorum_queues(app, connection.transport.driver_type)[0]:
+        if not uses_quorum_queues(app, connection):
             return options
         _ensure_delay_topology(app, connection)
     seconds = _seconds_until(app, countdown, eta)
@@ -52,10 +49,5 @@ def _ensure_delay_topology(app: Any, connection: Any) -> None:
     key = connection.as_uri()
     if key in _ready:
         return
-    declare_native_delayed_delivery_exchanges_and_queues(
-        connection, app.conf.broker_native_delayed_delivery_queue_type
-    )
-    for queue in app.amqp.queues.values():
-        queue.bind(connection.default_channel).declare()
-        bind_queue_to_native_delayed_delivery_exchange(connection, queue)
+    declare_delay_topology(app, connection)
     _ready.add(key)

@@ -19,14 +19,15 @@ from typing import Any, ClassVar
 
 from amqp.exceptions import MessageNacked
 from celery import Task, uuid
-from celery._state import get_current_worker_task
-from celery.app.amqp import task_message
-from celery.result import AsyncResult
-from celery.utils.saferepr import saferepr
 from kombu.exceptions import OperationalError as KombuOperationalError
 
 from batchapp.broker import confirms
 from batchapp.broker.delays import delay_options
+from batchapp.internals.channel import socket_timeout, unwaited_confirm_channel
+from batchapp.internals.result import ResultAfterPublish
+from batchapp.internals.task_messages import TaskMessages
+
+__all__ = ["BatchappTask", "BrokerTimeout", "ConfirmedResult", "TaskMessages", "publish_batch"]
 
 BROKER_TIMEOUT_S = 30.0
 
@@ -82,7 +83,7 @@ class _ConfirmChannel:
 
     def __init__(self, app: Any, connection: Any) -> None:
         self.transport = connection.connection  # the socket it was opened on
-        self.channel = confirms.unwaited_confirm_channel(
+        self.channel = unwaited_confirm_channel(
             connection, self._count_sent, self._on_ack, self._on_nack
         )
         self.sent = self.acked = 0
@@ -122,7 +123,7 @@ def bounded(connection: Any, timeout: float) -> Iterator[None]:
         yield  # the embedded folder broker has no socket to wait on
         return
     try:
-        with connection.connection.transport.having_timeout(timeout):
+        with socket_timeout(connection, timeout):
             yield
     except TimeoutError:
         # Replies are being lost: a polite close would wait for one more. Drop the socket;
@@ -132,71 +133,6 @@ def bounded(connection: Any, timeout: float) -> Iterator[None]:
     except BaseException:
         connection.collect()
         raise
-
-
-class TaskMessages:
-    """Messages of one task for one queue that differ only in their task id and arguments.
-
-    Celery's ``apply_async`` routes, merges options and builds every header again for each
-    message (1-1.5 ms of CPU each); here that is done once, and each message is a copy with its
-    own id and arguments. It goes out through Celery's ``send_task_message``, so it is the
-    message ``apply_async`` sends, and the publish signals and the task-sent event still fire.
-    """
-
-    def __init__(self, task: Task, queue: str) -> None:
-        app = task.app
-        options = {**task._get_exec_options(), "queue": queue}
-        time_limit = options.pop("time_limit", None)
-        soft_time_limit = options.pop("soft_time_limit", None)
-        if options.pop("expires", None) is not None:
-            raise ValueError(f"{task.name} expires: each message would need its own expiry")
-        self._ignore_result = bool(task.ignore_result)
-        # batchapp routes by task name (routing.py), so one route serves every message.
-        self._options = app.amqp.router.route(options, task.name, (), {}, task)
-        parent = app.current_worker_task
-        self._root_id = parent and (parent.request.root_id or parent.request.id)
-        self._template = app.amqp.as_task_v2(
-            "",
-            task.name,
-            time_limit=time_limit,
-            soft_time_limit=soft_time_limit,
-            create_sent_event=app.conf.task_send_sent_event,
-            reply_to=app.thread_oid,
-            root_id=self._root_id,
-            parent_id=parent and parent.request.id,
-            ignore_result=self._ignore_result,
-            argsrepr="",
-        )
-        self._name = task.name
-        self._app = app
-        self._repr_levels = app.conf.task_repr_maxlevels
-
-    @property
-    def queue(self) -> Any:
-        """The kombu Queue the messages go to."""
-        return self._options["queue"]
-
-    def send(self, producer: Any, args: tuple[Any, ...]) -> str:
-        """Publish the task with ``args`` through ``producer`` once (no retry); returns its id.
-
-        The queue is not declared here: declare it once with :meth:`queue` first."""
-        task_id: str = uuid()
-        root_id = self._root_id or task_id
-        argsrepr = saferepr(args, self._app.amqp.argsrepr_maxsize, maxlevels=self._repr_levels)
-        headers, properties, (_, kwargs, embed), sent_event = self._template
-        message = task_message(
-            headers={**headers, "id": task_id, "root_id": root_id, "argsrepr": argsrepr},
-            properties={**properties, "correlation_id": task_id},
-            body=(args, kwargs, embed),
-            sent_event=sent_event
-            and {**sent_event, "uuid": task_id, "root_id": root_id, "args": argsrepr},
-        )
-        if not self._ignore_result:
-            self._app.backend.on_task_call(producer, task_id)
-        self._app.amqp.send_task_message(
-            producer, self._name, message, retry=False, declare=[], **self._options
-        )
-        return task_id
 
 
 class BatchappTask(Task):  # type: ignore[misc]
@@ -227,7 +163,7 @@ class BatchappTask(Task):  # type: ignore[misc]
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> ConfirmedResult:
         return ConfirmedResult(
-            task_id, backend=self.backend, task_name=self.name, app=self._get_app(), **kwargs
+            task_id, backend=self.backend, task_name=self.name, app=self.app, **kwargs
         )
 
     def _confirms_in_window(self, options: dict[str, Any]) -> bool:
@@ -238,7 +174,7 @@ class BatchappTask(Task):  # type: ignore[misc]
             and options.get("connection") is None
             and not self.app.conf.task_always_eager
             and self.app.conf.broker_transport_options.get("confirm_publish", False)
-            and get_current_worker_task() is None
+            and self.app.current_worker_task is None
             and _transport(self.app) == "amqp"
         )
 
@@ -262,28 +198,23 @@ class BatchappTask(Task):  # type: ignore[misc]
             ) from exc
 
 
+_transports: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
 def _transport(app: Any) -> str:
     """The broker's transport type ('amqp' for RabbitMQ), looked up once per app."""
-    driver: str | None = getattr(app, "_batchapp_transport", None)
+    driver = _transports.get(app)
     if driver is None:
         with app.connection_for_write() as connection:
-            driver = app._batchapp_transport = connection.transport.driver_type
+            driver = _transports[app] = connection.transport.driver_type
     return driver
 
 
-class ConfirmedResult(AsyncResult):  # type: ignore[misc]
+class ConfirmedResult(ResultAfterPublish):
     """A task's result that first waits for its publish to be confirmed, so a task RabbitMQ
     did not take is an error here rather than a wait for a result that never comes."""
 
-    def get(self, *args: Any, **kwargs: Any) -> Any:
-        self._settle()
-        return super().get(*args, **kwargs)
-
-    def _get_task_meta(self) -> Any:
-        self._settle()
-        return super()._get_task_meta()
-
-    def _settle(self) -> None:
+    def settle(self) -> None:
         window = confirms.pending_window(self.app)
         if window is not None:
             window.settle(self.id)
