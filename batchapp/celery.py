@@ -6,6 +6,7 @@ from celery import Celery
 from celery.signals import celeryd_after_setup
 
 from batchapp import settings as config
+from batchapp.internals import contract
 
 try:
     settings = config.load()
@@ -13,6 +14,9 @@ try:
 except config.SettingsError as exc:
     # Celery's CLI would show a traceback from inside its app loader; this line says it all.
     raise SystemExit(f"batchapp: {exc}") from None
+
+# A Celery, kombu or py-amqp release that reshaped a hook would otherwise stop it silently.
+contract.refuse_to_start(contract.broken_hooks())
 
 app = Celery(
     "batchapp", include=["batchapp.tasks"], task_cls="batchapp.broker.publishing:BatchappTask"
