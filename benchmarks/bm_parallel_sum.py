@@ -1,7 +1,7 @@
 """A 10-chunk ``parallel_sum`` through the ledger against a group of 10 tasks.
 
 There is no chord reference here: batchapp's workers refuse canvas messages (a chord's header
-carries the chord, and its body ``celery.accumulate`` is a built-in; see batchapp/guard.py).
+carries the chord, and its body ``celery.accumulate`` is a built-in; see batchapp/broker/guard.py).
 Celery's best chord, on Redis results with native chords, is measured by ``peers.py``
 (``celery_redis``). On a database result backend a chord is polled by ``celery.chord_unlock``,
 whose first check comes 1 s after the header is sent whatever the user sets.
@@ -70,7 +70,7 @@ def timed(call: Callable[[], None], runs: int, warmup: int) -> list[float]:
 
 
 def targets(f: JSONDict, quick: bool) -> list[Target]:
-    # The issue's target is absolute (<= 50 ms median); the group is context.
+    # The target is absolute (<= 50 ms median); the group is context.
     median = f["parallel_sum_10_ms"]
     row = Target(
         "parallel_sum n=100, 10 chunks",

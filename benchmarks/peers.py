@@ -90,7 +90,7 @@ SYSTEMS = (
     System("batchapp", "batchapp (SQLite results, job ledger)", "batchapp_peer", vhost=True),
     System(
         "celery_seed",
-        "Celery as the seed configures it (db+sqlite)",
+        "Celery configured as in the classic tutorial (db+sqlite results)",
         "celery_peer",
         vhost=True,
         settings=(("MAPREDUCE", "chord"), ("PREFETCH", "4")),
@@ -249,7 +249,7 @@ class Run:
         env["PEERS_SQLITE"] = str(folder / "queue.sqlite")
         if system.vhost:
             env["PEERS_BROKER_URL"] = self.vhosts[system.name]
-        # Celery's backend is Redis where the system has a database, else the seed's SQLite.
+        # Celery's backend is Redis where the system has a database, else SQLite (the tutorial's).
         env["PEERS_RESULT_BACKEND"] = f"db+sqlite:///{folder / 'results.sqlite'}"
         if system.redis_db is not None:
             env["PEERS_REDIS_URL"] = f"{self.redis_url}/{system.redis_db}"
