@@ -8,11 +8,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from amqp.exceptions import ChannelError
 from celery.schedules import maybe_schedule
+from sqlalchemy.engine import make_url
 
 from batchapp import ledger
 from batchapp.beat import leases
@@ -20,20 +22,43 @@ from batchapp.beat.scheduler import LEASE
 from batchapp.broker import dead_letters
 from batchapp.broker.dead_letters import DEAD_LETTER_QUEUE, DeadLetter
 from batchapp.celery import app, settings
-from batchapp.ledger import FAILED, SUCCEEDED, JobView
+from batchapp.jobs import ParamError
+from batchapp.jobs.sales_csv import (
+    SampleStats,
+    SampleTargetError,
+    check_sample_target,
+    write_sample,
+)
+from batchapp.ledger import FAILED, SUCCEEDED, JobStateError, JobView, UnknownJobError
 from batchapp.runtime import job_context
+from batchapp.settings import mask_url
 from batchapp.storage.tables import ensure_schema
-from batchapp.tasks import chunk_queue, retry_job, run_chunk, submit_job
+from batchapp.tasks import calculate_sum, chunk_queue, retry_job, run_chunk, submit_job
+
+# What a user got wrong (a parameter, a job id, a state, a file), or a wait that ran out:
+# one line, no traceback.
+USER_ERRORS: tuple[type[Exception], ...] = (
+    ParamError,
+    UnknownJobError,
+    JobStateError,
+    SampleTargetError,
+    TimeoutError,
+)
 
 __all__ = [
     "DEAD_LETTER_QUEUE",
     "FAILED",
     "SUCCEEDED",
+    "USER_ERRORS",
     "DeadLetter",
     "JobView",
+    "SampleStats",
     "ScheduleEntry",
+    "broker_shown",
+    "call_calculate_sum",
     "cancel_job",
     "chunks_in_flight",
+    "database_shown",
     "dead_letters_peek",
     "dead_letters_purge",
     "failed_chunks",
@@ -42,9 +67,12 @@ __all__ = [
     "recent_jobs",
     "retry_job",
     "schedule",
+    "settings",
+    "sqlite_file",
     "submit_job",
     "timezone",
     "wait_for_job",
+    "write_sample_csv",
 ]
 
 
@@ -159,3 +187,43 @@ def dead_letters_peek(limit: int) -> tuple[int, list[DeadLetter]]:
 
 def dead_letters_purge() -> int:
     return dead_letters.purge(app, settings.broker_timeout)
+
+
+def call_calculate_sum(n: int, timeout: float) -> int:
+    """``calculate_sum(n)`` run by a worker, as a caller runs it."""
+    return int(calculate_sum.delay(n).get(timeout=timeout))
+
+
+def write_sample_csv(
+    file: Path, rows: int, bad: float, seed: int, *, force: bool = False
+) -> tuple[Path, SampleStats]:
+    """Write a sample sales CSV to ``file`` (relative to the data folder); an existing file is
+    overwritten only if a sample (or with ``force``), and batchapp's databases never are."""
+    target = file if file.is_absolute() else settings.data_dir / file
+    check_sample_target(target, database_files(), force=force)
+    return target, write_sample(target, rows, bad, seed)
+
+
+def database_files() -> list[Path]:
+    """The files batchapp keeps its state in: the ledger, the results, beat's schedule."""
+    urls = (settings.database_url, settings.result_backend.removeprefix("db+"))
+    files = [sqlite_file(url) for url in urls if url.startswith("sqlite:")]
+    return [settings.data_dir / "celerybeat-schedule", *(f for f in files if f is not None)]
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for another database or an in-memory one)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).absolute()
+
+
+def broker_shown() -> str:
+    """The broker URL with its password masked."""
+    return mask_url(settings.broker_url)
+
+
+def database_shown() -> str:
+    """The database URL with its password masked."""
+    return make_url(settings.database_url).render_as_string(hide_password=True)

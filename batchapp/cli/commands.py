@@ -20,15 +20,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from batchapp.cli import display
 from batchapp.validate import shown
-
-if TYPE_CHECKING:
-    from batchapp.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_ERROR_CHARS = 1000
@@ -87,13 +84,11 @@ def _errors_as_one_line() -> Iterator[None]:
     from kombu.exceptions import OperationalError as KombuOperationalError
     from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-    from batchapp.jobs import ParamError
-    from batchapp.jobs.sales_csv import SampleTargetError
-    from batchapp.ledger import JobStateError, UnknownJobError
+    from batchapp import service
 
     try:
         yield
-    except (ParamError, UnknownJobError, JobStateError, SampleTargetError, TimeoutError) as exc:
+    except service.USER_ERRORS as exc:
         raise _error_line(str(exc)) from None
     except SQLAlchemyError as exc:
         reason = exc.orig if isinstance(exc, DBAPIError) else exc
@@ -113,47 +108,28 @@ def _error_line(message: str) -> click.ClickException:
 
 def _os_error_line(exc: OSError) -> click.ClickException:
     """Blame what the error names: the SQLite ledger's path, another file, else the broker."""
-    from batchapp.celery import settings
+    from batchapp import service
 
     if exc.filename is None:
         # Sockets name no file; the only connection the CLI opens outside SQLAlchemy is AMQP.
         return _error_line(f"cannot reach the broker at {_broker_shown()}: {exc}")
     named = Path(exc.filename)
-    ledger_file = _sqlite_file(settings.database_url)
+    ledger_file = service.sqlite_file(service.settings.database_url)
     if ledger_file is not None and ledger_file.is_relative_to(named):
         return _error_line(f"cannot use the database at {_database_shown()}: {exc}")
     return _error_line(f"cannot access {named}: {exc.strerror or exc}")
 
 
 def _broker_shown() -> str:
-    from batchapp.celery import settings
-    from batchapp.settings import mask_url
+    from batchapp import service
 
-    return mask_url(settings.broker_url)
+    return service.broker_shown()
 
 
 def _database_shown() -> str:
-    from sqlalchemy.engine import make_url
+    from batchapp import service
 
-    from batchapp.celery import settings
-
-    return make_url(settings.database_url).render_as_string(hide_password=True)
-
-
-def _sqlite_file(url: str) -> Path | None:
-    from sqlalchemy.engine import make_url
-
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    return Path(parsed.database).absolute()
-
-
-def _database_files(settings: Settings) -> list[Path]:
-    """The files sample-csv must never overwrite: the ledger, the results, beat's schedule."""
-    urls = (settings.database_url, settings.result_backend.removeprefix("db+"))
-    files = [_sqlite_file(url) for url in urls if url.startswith("sqlite:")]
-    return [settings.data_dir / "celerybeat-schedule", *(f for f in files if f is not None)]
+    return service.database_shown()
 
 
 def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
@@ -327,14 +303,10 @@ def sample_csv(file: Path, rows: int, bad: float, seed: int, force: bool) -> Non
 
     An existing FILE is overwritten only if sample-csv wrote it (or with --force), and
     batchapp's databases never are."""
-    from batchapp.jobs.sales_csv import check_sample_target, write_sample
-
     with _errors_as_one_line():
-        from batchapp.celery import settings
+        from batchapp import service
 
-        target = file if file.is_absolute() else settings.data_dir / file
-        check_sample_target(target, _database_files(settings), force=force)
-        stats = write_sample(target, rows, bad, seed)
+        target, stats = service.write_sample_csv(file, rows, bad, seed, force=force)
     click.echo(f"wrote {target}: {stats.rows:,} rows, {stats.bad:,} bad")
 
 

@@ -31,8 +31,6 @@ def run_demo(*, keep: bool = False) -> int:
 
     from batchapp import service
     from batchapp.cli import display, processes
-    from batchapp.jobs.sales_csv import write_sample
-    from batchapp.tasks import calculate_sum
 
     def wait(view: service.JobView) -> Callable[..., service.JobView]:
         return partial(service.wait_for_job, view, WAIT_S)
@@ -45,7 +43,7 @@ def run_demo(*, keep: bool = False) -> int:
         beat.wait_ready()
         click.echo(f"worker (pid {worker.pid}) and beat (pid {beat.pid}) are up\n")
 
-        click.echo(f"calculate_sum(100) = {calculate_sum.delay(100).get(timeout=60)}\n")
+        click.echo(f"calculate_sum(100) = {service.call_calculate_sum(100, timeout=60)}\n")
 
         click.echo("beat schedule:")
         tz = service.timezone()
@@ -57,7 +55,7 @@ def run_demo(*, keep: bool = False) -> int:
         display.print_job(view, tz)
         click.echo()
 
-        stats = write_sample(data_dir / "sales.csv", SAMPLE_ROWS, SAMPLE_BAD)
+        _, stats = service.write_sample_csv(Path("sales.csv"), SAMPLE_ROWS, SAMPLE_BAD, seed=1)
         click.echo(f"sample CSV: {stats.rows:,} rows, {stats.bad:,} of them bad")
         view = service.submit_job("import_csv", {"path": "sales.csv", "chunk_rows": 2_000})
         view = display.wait_with_progress(view, wait(view), show=True, lines=True)
