@@ -217,29 +217,37 @@ class ConfirmWindow:
             connection.collect()
 
 
-_windows: dict[tuple[int, int], ConfirmWindow] = {}
+_windows: dict[int, ConfirmWindow] = {}  # by id(app)
 _windows_lock = threading.Lock()
+
+
+def _forget_inherited_windows() -> None:
+    # A forked child makes its own window: the parent's connection and pending tags are not its,
+    # and the lock may have been held by a parent's thread that the child does not have.
+    global _windows_lock
+    _windows.clear()
+    _windows_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_windows)
 
 
 def window_for(app: Any, timeout: float) -> ConfirmWindow:
     """This process's window for ``app`` (a forked child makes its own)."""
-    key = (os.getpid(), id(app))
-    window = _windows.get(key)
+    window = _windows.get(id(app))
     if window is None:
         with _windows_lock:
-            window = _windows.setdefault(key, ConfirmWindow(app, timeout))
+            window = _windows.setdefault(id(app), ConfirmWindow(app, timeout))
     return window
 
 
 def pending_window(app: Any) -> ConfirmWindow | None:
     """This process's window for ``app`` if it has one."""
-    return _windows.get((os.getpid(), id(app)))
+    return _windows.get(id(app))
 
 
 @atexit.register
 def _flush_at_exit() -> None:
-    for (pid, _), window in list(_windows.items()):
-        if pid != os.getpid():
-            continue
+    for window in list(_windows.values()):
         for line in window.flush():
             print(f"batchapp: {line}", file=sys.stderr)
