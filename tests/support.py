@@ -1,9 +1,14 @@
-"""Support for tests and benchmarks: a RabbitMQ vhost of their own, and a clear broker check."""
+"""Support for tests and benchmarks: a RabbitMQ vhost of their own, a clear broker check, the
+run's data folder and the ``batchapp`` command as a user runs it."""
 
 from __future__ import annotations
 
+import atexit
+import os
 import shutil
 import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -15,6 +20,32 @@ from batchapp.settings import mask_url
 
 RABBITMQ_HOST = "127.0.0.1:5672"
 START_RABBITMQ = "rabbitmq-server -detached && rabbitmqctl await_startup"
+
+_run_data_dir: list[Path] = []
+
+
+def run_data_dir() -> Path:
+    """The test run's data folder, made on first use and shared by both tiers' conftests.
+
+    Gone when the process that made it exits: the workers the tests started have stopped by
+    then, and a run no longer leaves its folder (results, ledgers, logs) in /tmp.
+    """
+    if not _run_data_dir:
+        folder = Path(tempfile.mkdtemp(prefix="batchapp-test-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _run_data_dir.append(folder)
+    return _run_data_dir[0]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``batchapp ARGS`` as a user runs it."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "batchapp"), *args],
+        env=env or dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 class BrokerUnreachable(RuntimeError):

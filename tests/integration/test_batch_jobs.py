@@ -15,7 +15,8 @@ from batchapp.jobs import JobContext
 from batchapp.jobs.sales_csv import write_sample
 from batchapp.storage.tables import chunks, sales, sales_rejects
 from batchapp.tasks import publish_chunks, run_periodic
-from tests.conftest import RUN_DATA_DIR, Stack, _stack, run_cli
+from tests.integration.conftest import RUN_DATA_DIR, Stack, _stack
+from tests.support import run_cli
 
 WAIT = 60.0
 

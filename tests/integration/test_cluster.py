@@ -39,10 +39,11 @@ from batchapp.storage.tables import chunks
 from batchapp.sums import sum_to
 from batchapp.tasks import calculate_sum
 from tests.cluster import RabbitCluster, rabbitmq_cluster
-from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, run_cli
+from tests.integration.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack
+from tests.support import run_cli
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WAIT = 120.0
 # The job: 3,000 chunks, enough to be mid-way when a node stops.
 CHUNKS, CHUNK_SIZE = 3_000, 1_000

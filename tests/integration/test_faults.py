@@ -34,7 +34,7 @@ from batchapp.jobs import JobContext
 from batchapp.jobs.sales_csv import write_sample
 from batchapp.storage.tables import chunks, sales, sales_rejects
 from batchapp.tasks import calculate_sum, publish_chunks, run_chunk
-from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack
+from tests.integration.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack
 from tests.support import rabbitmq_vhost
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from celery.signals import after_task_publish, before_task_publish
 from batchapp.broker import guard, publishing, queues
 from batchapp.celery import app
 from batchapp.tasks import publish_chunks, run_chunk
-from tests.conftest import purge_queue, refusing_queue
+from tests.integration.conftest import purge_queue, refusing_queue
 
 # Header values that are the message's own (its id, and what is made from its id or args).
 OWN = ("id", "root_id", "argsrepr")

@@ -7,7 +7,7 @@ import time
 from sqlalchemy import select
 
 from batchapp.storage.tables import jobs
-from tests.conftest import Stack
+from tests.integration.conftest import Stack
 
 
 def test_beat_runs_calculate_sum_and_the_report_on_schedule(stack: Stack) -> None:
