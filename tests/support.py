@@ -1,5 +1,5 @@
 """Support for tests and benchmarks: a RabbitMQ vhost of their own, a clear broker check, the
-run's data folder and the ``batchapp`` command as a user runs it."""
+run's data folder, the ``batchapp`` command as a user runs it, and one way to wait."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from kombu.connection import Connection
 
@@ -20,6 +22,7 @@ from batchapp.settings import mask_url
 
 RABBITMQ_HOST = "127.0.0.1:5672"
 START_RABBITMQ = "rabbitmq-server -detached && rabbitmqctl await_startup"
+T = TypeVar("T")
 
 _run_data_dir: list[Path] = []
 
@@ -94,3 +97,18 @@ def processes_on(vhosts: Iterable[str]) -> set[int]:
         if state != "Z" and any(marker in text for marker in markers):
             found.add(int(environ.parent.name))
     return found
+
+
+def wait_until(
+    condition: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.05
+) -> T:
+    """Call ``condition`` every ``interval`` seconds until it returns a truthy value, and return
+    that value; after ``timeout`` seconds, raise AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from batchapp.cli.processes import CeleryProcess
 from batchapp.jobs.base import utcnow
 from batchapp.tasks import publish_chunks, run_chunk
 from tests.integration.conftest import RUN_DATA_DIR, Stack
-from tests.support import run_cli
+from tests.support import run_cli, wait_until
 
 WAIT = 60.0
 # A job nothing moves for 2 s is stale to the worker's reconciler.
@@ -29,19 +28,12 @@ def worker(stack: Stack) -> Iterator[CeleryProcess]:
     yield stack.worker("w1", concurrency=2, extra=["-I", "tests.ledger_jobs"], **LIMITS)
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_cancel_stops_a_running_job_and_retry_runs_the_rest(
     stack: Stack, worker: CeleryProcess
 ) -> None:
     ctx = stack.ctx
     view = ledger.submit(ctx, "slow_sum", {"n": 200, "ms": 20}, publish_chunks)
-    wait_until(lambda: ledger.get(ctx, view.id).chunks_done >= 20, "20 chunks done")
+    wait_until(lambda: ledger.get(ctx, view.id).chunks_done >= 20, "20 chunks done", timeout=WAIT)
 
     started = utcnow()
     cancelled = run_cli("cancel", view.id, "--json", env=stack.env)
@@ -65,9 +57,13 @@ def test_cancel_stops_a_running_job_and_retry_runs_the_rest(
     }
     # Every chunk cancelled is delivered once more and dropped; none runs.
     dropped = 200 - at_cancel.chunks_done
-    wait_until(lambda: worker.log().count(f"{view.id} chunk") >= 200, "every message handled")
     wait_until(
-        lambda: worker.log().count("was cancelled; dropped") >= dropped, "the cancelled dropped"
+        lambda: worker.log().count(f"{view.id} chunk") >= 200, "every message handled", timeout=WAIT
+    )
+    wait_until(
+        lambda: worker.log().count("was cancelled; dropped") >= dropped,
+        "the cancelled dropped",
+        timeout=WAIT,
     )
     after = ledger.get(ctx, view.id)
     assert (after.status, after.chunks_done, after.items_done) == (

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from batchapp.celery import app
 from batchapp.storage import engines as db
 from batchapp.storage.engines import driver_url, engine_for
 from batchapp.storage.results import DatabaseBackend
+from tests.support import wait_until
 
 
 @pytest.fixture(params=["sqlite"])  # tests/integration/test_results.py: the same on PostgreSQL
@@ -39,13 +39,6 @@ def backend(url: str) -> DatabaseBackend:
 def stock_backend(url: str) -> CeleryDatabaseBackend:
     """Celery's own database backend on the same table, as `celery result` and Flower read it."""
     return CeleryDatabaseBackend(app=app, url=driver_url(url))
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_a_stored_result_reads_back_with_its_time(backend: DatabaseBackend) -> None:
@@ -99,7 +92,7 @@ def test_cleanup_keeps_a_fresh_result_and_removes_an_expired_one(url: str) -> No
         one_second.cleanup()
         return bool(one_second.get_task_meta(old)["status"] == states.PENDING)
 
-    wait_until(removed)
+    wait_until(removed, "the expired result removed")
 
 
 def test_rows_of_a_table_from_before_children_still_read(backend: DatabaseBackend) -> None:
@@ -193,7 +186,7 @@ def test_watch_changes_sees_other_connections_commits_and_rereads_each_second(
             connection.exec_driver_sql("INSERT INTO t VALUES (1)")
         assert (changed(), changed()) == (True, False)
         started = time.monotonic()
-        wait_until(changed, timeout=5)
+        wait_until(changed, "a reread after WATCH_REREAD_S", timeout=5)
         assert time.monotonic() - started >= 0.2
 
 
