@@ -4,7 +4,7 @@ Two workers get the three nodes as kombu's ``;``-separated failover list; ledger
 are in PostgreSQL. The broker node the workers use is stopped mid-job, comes back mid-job, and
 is SIGKILLed mid-job, and a whole worker host is killed mid-job; each test counts, from the
 ledger's rows and the workers' logs, that the job's sum is exact and no chunk took effect twice,
-and prints the figures it measured (``pytest -s tests/test_cluster.py``; the README's
+and prints the figures it measured (``pytest -s tests/integration/test_cluster.py``; the README's
 Scaling-out table quotes them). The cluster starts once for the module.
 """
 
