@@ -1,13 +1,20 @@
-"""Support for tests and benchmarks: a RabbitMQ vhost of their own, and a clear broker check."""
+"""Support for tests and benchmarks: a RabbitMQ vhost of their own, a clear broker check, the
+run's data folder, the ``batchapp`` command as a user runs it, and one way to wait."""
 
 from __future__ import annotations
 
+import atexit
+import os
 import shutil
 import subprocess
+import sys
+import tempfile
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from kombu.connection import Connection
 
@@ -15,6 +22,33 @@ from batchapp.settings import mask_url
 
 RABBITMQ_HOST = "127.0.0.1:5672"
 START_RABBITMQ = "rabbitmq-server -detached && rabbitmqctl await_startup"
+T = TypeVar("T")
+
+_run_data_dir: list[Path] = []
+
+
+def run_data_dir() -> Path:
+    """The test run's data folder, made on first use and shared by both tiers' conftests.
+
+    Gone when the process that made it exits: the workers the tests started have stopped by
+    then, and a run no longer leaves its folder (results, ledgers, logs) in /tmp.
+    """
+    if not _run_data_dir:
+        folder = Path(tempfile.mkdtemp(prefix="batchapp-test-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _run_data_dir.append(folder)
+    return _run_data_dir[0]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``batchapp ARGS`` as a user runs it."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "batchapp"), *args],
+        env=env or dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 class BrokerUnreachable(RuntimeError):
@@ -63,3 +97,18 @@ def processes_on(vhosts: Iterable[str]) -> set[int]:
         if state != "Z" and any(marker in text for marker in markers):
             found.add(int(environ.parent.name))
     return found
+
+
+def wait_until(
+    condition: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.05
+) -> T:
+    """Call ``condition`` every ``interval`` seconds until it returns a truthy value, and return
+    that value; after ``timeout`` seconds, raise AssertionError naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)

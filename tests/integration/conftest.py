@@ -1,4 +1,4 @@
-"""Test set-up: one RabbitMQ vhost and one data folder per run, real worker processes.
+"""Integration tier set-up: one RabbitMQ vhost and one data folder per run, real processes.
 
 The environment is set here, before any test imports :mod:`batchapp.celery`, so this process
 (the caller) and every worker it starts talk to the run's own vhost. Each module that needs
@@ -8,28 +8,20 @@ always stopped.
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import pytest
 from kombu.entity import Exchange, Queue
 
 from batchapp.cli import processes
-from tests.support import BrokerUnreachable, rabbitmq_vhost, require_broker
+from tests.support import BrokerUnreachable, rabbitmq_vhost, require_broker, run_data_dir
 
-RUN_DATA_DIR = Path(tempfile.mkdtemp(prefix="batchapp-test-"))
-# Gone when the process that made it exits: the workers the tests started have stopped by then,
-# and a run no longer leaves its folder (results, ledgers, logs) in /tmp.
-atexit.register(shutil.rmtree, RUN_DATA_DIR, ignore_errors=True)
+# The same folder as the unit tier's when both run in one session (``pytest``).
+RUN_DATA_DIR = run_data_dir()
 RESULT_TIMEOUT = 30.0
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -166,14 +158,3 @@ def _psql(statement: str) -> None:
     with engine.connect() as connection:
         connection.execute(text(statement))
     engine.dispose()
-
-
-def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """``batchapp ARGS`` as a user runs it."""
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "batchapp"), *args],
-        env=env or dict(os.environ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )

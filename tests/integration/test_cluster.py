@@ -4,7 +4,7 @@ Two workers get the three nodes as kombu's ``;``-separated failover list; ledger
 are in PostgreSQL. The broker node the workers use is stopped mid-job, comes back mid-job, and
 is SIGKILLed mid-job, and a whole worker host is killed mid-job; each test counts, from the
 ledger's rows and the workers' logs, that the job's sum is exact and no chunk took effect twice,
-and prints the figures it measured (``pytest -s tests/test_cluster.py``; the README's
+and prints the figures it measured (``pytest -s tests/integration/test_cluster.py``; the README's
 Scaling-out table quotes them). The cluster starts once for the module.
 """
 
@@ -21,7 +21,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -39,10 +39,11 @@ from batchapp.storage.tables import chunks
 from batchapp.sums import sum_to
 from batchapp.tasks import calculate_sum
 from tests.cluster import RabbitCluster, rabbitmq_cluster
-from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, run_cli
+from tests.integration.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack
+from tests.support import run_cli, wait_until
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WAIT = 120.0
 # The issue's job: 3,000 chunks, enough to be mid-way when a node stops.
 CHUNKS, CHUNK_SIZE = 3_000, 1_000
@@ -76,13 +77,6 @@ def cluster_stack(cluster: RabbitCluster, vhost: str, postgres_url: str) -> Iter
         yield stack
     finally:
         stack.stop_all()
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def submit_sum(stack: Stack, count: int = CHUNKS) -> str:
@@ -250,19 +244,25 @@ def test_workers_fail_over_when_their_broker_node_stops(
     assert {connected_port(worker) for worker in workers} == {first.port}
     job_id = submit_sum(stack)
     caller = start_caller(stack.env, seconds=8)  # publishing before, during and after
-    wait_until(lambda: ledger.get(stack.ctx, job_id).chunks_done >= CHUNKS // 5, "20% done")
+    wait_until(
+        lambda: ledger.get(stack.ctx, job_id).chunks_done >= CHUNKS // 5, "20% done", timeout=WAIT
+    )
 
     at_stop = ledger.get(stack.ctx, job_id).chunks_done
     ticks_at_stop = beat.log().count(TICK)
     cluster.stop_node(first)
     for worker in workers:
         wait_until(
-            lambda w=worker: connected_port(w, after=1) not in (None, first.port), "failover"
+            lambda w=worker: connected_port(w, after=1) not in (None, first.port),
+            "failover",
+            timeout=WAIT,
         )
     view = assert_exact(stack, job_id)
     during = caller_outcome(caller)
     after = caller_outcome(start_caller(stack.env, seconds=1))
-    wait_until(lambda: beat.log().count(TICK) >= ticks_at_stop + 3, "3 ticks after the stop")
+    wait_until(
+        lambda: beat.log().count(TICK) >= ticks_at_stop + 3, "3 ticks after the stop", timeout=WAIT
+    )
     beat_survived = beat.popen.poll() is None
     beat.stop()
     stack.started.remove(beat)
@@ -308,7 +308,9 @@ def test_stopped_node_rejoins_mid_job_and_nothing_takes_effect_twice(
     count = CHUNKS // 2
     job_id = submit_sum(stack, count)
     # Early: the node takes seconds to start and catch up, all while chunks keep flowing.
-    wait_until(lambda: ledger.get(stack.ctx, job_id).chunks_done >= count // 20, "5% done")
+    wait_until(
+        lambda: ledger.get(stack.ctx, job_id).chunks_done >= count // 20, "5% done", timeout=WAIT
+    )
     at_start = ledger.get(stack.ctx, job_id).chunks_done
     starting = time.monotonic()
     cluster.start_node(first)
@@ -348,13 +350,16 @@ def test_workers_fail_over_when_their_broker_node_crashes(
     losses = {worker: worker.log().count("Connection to broker lost") for worker in on_it}
     count = CHUNKS // 3
     job_id = submit_sum(stack, count)
-    wait_until(lambda: ledger.get(stack.ctx, job_id).chunks_done >= count // 5, "20% done")
+    wait_until(
+        lambda: ledger.get(stack.ctx, job_id).chunks_done >= count // 5, "20% done", timeout=WAIT
+    )
     at_crash = ledger.get(stack.ctx, job_id).chunks_done
     cluster.kill_node(crashed)  # SIGKILL: no goodbye to clients or to the other nodes
     for worker in on_it:
         wait_until(
             lambda w=worker: connected_port(w, after=losses[w] + 1) not in (None, crashed.port),
             "failover from the crashed node",
+            timeout=WAIT,
         )
     view = assert_exact(stack, job_id, count)
 
@@ -385,6 +390,7 @@ def test_worker_host_killed_mid_job_and_the_other_worker_finishes_exactly(
             and ledger.get(stack.ctx, job_id).chunks_done >= count // 5
         ),
         "20% done, some by the doomed worker",
+        timeout=WAIT,
     )
     doomed.signal(signal.SIGKILL)  # the whole host: main process and pool children at once
     doomed.popen.wait()

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
-
 from sqlalchemy import select
 
 from batchapp.storage.tables import jobs
-from tests.conftest import Stack
+from tests.integration.conftest import Stack
+from tests.support import wait_until
 
 
 def test_beat_runs_calculate_sum_and_the_report_on_schedule(stack: Stack) -> None:
@@ -16,14 +15,15 @@ def test_beat_runs_calculate_sum_and_the_report_on_schedule(stack: Stack) -> Non
 
     worker.wait_for_log("batchapp.tasks.calculate_sum", timeout=30)
     worker.wait_for_log("succeeded in", timeout=30)
-    deadline = time.monotonic() + 30
-    reports: list[str] = []
-    while time.monotonic() < deadline and "succeeded" not in reports:
+
+    def report_statuses() -> list[str] | None:
         with stack.ctx.engine.connect() as connection:
             reports = list(
                 connection.execute(select(jobs.c.status).where(jobs.c.name == "report")).scalars()
             )
-        time.sleep(0.1)
+        return reports if "succeeded" in reports else None
+
+    reports = wait_until(report_statuses, "a report run that succeeded")
 
     assert "succeeded" in reports
     assert ": 5050" in worker.log()

@@ -11,13 +11,13 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 
 from batchapp import ledger
 from batchapp.jobs import JOBS, JobContext, ParamError
@@ -29,14 +29,11 @@ from batchapp.settings import load
 from batchapp.storage.engines import engine_for
 from batchapp.storage.tables import (
     chunks,
-    ensure_schema,
     jobs,
     locks,
-    metadata,
     sales,
     sales_rejects,
 )
-from tests.conftest import _psql
 from tests.interleaving import Interleaving
 
 
@@ -50,25 +47,9 @@ class Published:
         self.calls.append((job_id, list(indexes)))
 
 
-@pytest.fixture(scope="module")
-def seoul_postgres_url(postgres_url: str) -> Iterator[str]:
-    database = postgres_url.rsplit("/", 1)[1]
-    _psql(f"ALTER DATABASE \"{database}\" SET timezone TO 'Asia/Seoul'")
-    engine = engine_for(postgres_url)
-    ensure_schema(engine)
-    with engine.connect() as connection:
-        assert connection.execute(text("SHOW timezone")).scalar_one() == "Asia/Seoul"
-    yield postgres_url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ctx(request: pytest.FixtureRequest, tmp_path: Path) -> JobContext:
+@pytest.fixture(params=["sqlite"])  # tests/integration/test_ledger.py: the same on PostgreSQL
+def ctx(tmp_path: Path) -> JobContext:
     settings = load({"BATCHAPP_DATA_DIR": str(tmp_path)})
-    if request.param == "postgresql":
-        settings = replace(settings, database_url=request.getfixturevalue("seoul_postgres_url"))
-        with engine_for(settings.database_url).begin() as connection:
-            names = ", ".join(table.name for table in metadata.sorted_tables)
-            connection.execute(text(f"TRUNCATE {names}"))
     return JobContext(settings=settings, engine=engine_for(settings.database_url))
 
 

@@ -11,10 +11,10 @@ import pytest
 from amqp.exceptions import MessageNacked
 from celery.signals import after_task_publish, before_task_publish
 
-from batchapp.broker import guard, publishing, queues
+from batchapp.broker import confirms, guard, publishing, queues
 from batchapp.celery import app
 from batchapp.tasks import publish_chunks, run_chunk
-from tests.conftest import purge_queue, refusing_queue
+from tests.integration.conftest import purge_queue, refusing_queue
 
 # Header values that are the message's own (its id, and what is made from its id or args).
 OWN = ("id", "root_id", "argsrepr")
@@ -44,11 +44,21 @@ def properties(message: Any) -> dict[str, Any]:
 
 
 def test_a_chunk_message_is_the_one_apply_async_sends_but_for_its_id() -> None:
-    run_chunk.apply_async(("job-a", 0), queue=queues.CHUNKS)
+    sent = run_chunk.apply_async(("job-a", 0), queue=queues.CHUNKS)
+    # apply_async leaves its confirm to the caller's confirm window; the batch goes out on
+    # another channel and waits only for its own. Nothing orders the two in the queue, and the
+    # first may not even be there yet, until its confirm is settled (as a result's get() would).
+    window = confirms.pending_window(app)
+    assert window is not None
+    window.settle(sent.id)
     publish_chunks("job-b", [1, 2], queues.CHUNKS)
 
-    celerys, *ours = take(queues.CHUNKS)
-    assert len(ours) == 2
+    taken = take(queues.CHUNKS)
+    assert len(taken) == 3
+    # Told apart by id and args, not by their order in the queue.
+    [celerys] = [m for m in taken if m.headers["id"] == sent.id]
+    ours = sorted((m for m in taken if m is not celerys), key=lambda m: json.loads(m.body)[0])
+    assert json.loads(celerys.body)[0] == ["job-a", 0]
     for message, args in zip(ours, [["job-b", 1], ["job-b", 2]], strict=True):
         assert json.loads(message.body) == [args, {}, json.loads(celerys.body)[2]]
         headers, expected = message.headers, celerys.headers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tests.conftest import run_cli
+from tests.support import run_cli
 
 
 def test_demo_prints_5050_the_schedule_and_the_jobs_with_no_broker() -> None:

@@ -10,7 +10,7 @@ from collections import defaultdict
 from typing import Any
 
 from batchapp.celery import app
-from tests.conftest import RESULT_TIMEOUT, Stack
+from tests.integration.conftest import RESULT_TIMEOUT, Stack
 
 CALCULATE_SUM_100 = ("batchapp.tasks.calculate_sum", "--args", "[100]")
 TASK_EVENTS = ("task-sent", "task-received", "task-started", "task-succeeded")

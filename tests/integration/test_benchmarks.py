@@ -22,7 +22,7 @@ import pytest
 
 from tests.support import processes_on
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "run.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
 
 POSITIVE = {
     "rtt_ms": ("sqlite", "rpc"),

@@ -1,18 +1,18 @@
 """Any number of beats: one leads by a lease in the database, the others take over when it dies.
 
-The lease's interleavings are tested step by step on SQLite and PostgreSQL (with a session time
-zone that is not UTC); then real beat processes: the leader SIGKILLed right after a send, and
-every tick counted from the beats' logs, the results and the ledger.
+The lease's interleavings of tests/unit/test_beat_leader.py are collected here again on
+PostgreSQL (with a session time zone that is not UTC); then real beat processes: the leader
+SIGKILLed right after a send, and every tick counted from the beats' logs, the results and the
+ledger.
 """
 
 from __future__ import annotations
 
 import re
 import signal
-import threading
 import time
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import datetime
 from itertools import pairwise
 
 import pytest
@@ -20,15 +20,18 @@ from celery.result import AsyncResult
 from sqlalchemy import Engine, select
 
 from batchapp.beat import leases
-from batchapp.beat.scheduler import LeaderScheduler, lease_seconds
 from batchapp.celery import app
 from batchapp.cli.processes import CeleryProcess
-from batchapp.storage.engines import engine_for, write_transaction
+from batchapp.storage.engines import engine_for
 from batchapp.storage.tables import beat_entries, beat_leases, ensure_schema, jobs
-from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, run_cli
+from tests.integration.conftest import RESULT_TIMEOUT, Stack
+from tests.unit.test_beat_leader import (  # noqa: F401 - collected here, on PostgreSQL
+    test_a_leader_that_lost_its_lease_cannot_record_a_tick,
+    test_a_released_lease_is_taken_at_once,
+    test_beats_racing_for_a_free_lease_get_one_holder,
+    test_one_holder_at_a_time_until_the_lease_expires,
+)
 
-LEASE = timedelta(seconds=10)
-T0 = datetime(2026, 11, 26, 1, 0, 0)
 INTERVAL_S = 3.0
 LEADING = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}).*beat: leading", re.M)
 SENT = re.compile(
@@ -36,102 +39,15 @@ SENT = re.compile(
 )
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def engine(request: pytest.FixtureRequest) -> Engine:
-    if request.param == "sqlite":
-        url = f"sqlite:///{RUN_DATA_DIR / f'leases-{time.monotonic_ns()}.sqlite'}"
-    else:
-        # A session time zone other than UTC: lease times must not shift with it.
-        url = request.getfixturevalue("postgres_url") + "?options=-c%20timezone%3DAsia/Seoul"
-    engine = engine_for(url)
+@pytest.fixture(params=["postgresql"])
+def engine(postgres_url: str) -> Engine:
+    # A session time zone other than UTC: lease times must not shift with it.
+    engine = engine_for(postgres_url + "?options=-c%20timezone%3DAsia/Seoul")
     ensure_schema(engine)
     with engine.begin() as connection:
         connection.execute(beat_leases.delete())
         connection.execute(beat_entries.delete())
     return engine
-
-
-def test_one_holder_at_a_time_until_the_lease_expires(engine: Engine) -> None:
-    assert leases.acquire(engine, "beat", "a", LEASE, now=T0)
-    assert not leases.acquire(engine, "beat", "b", LEASE, now=T0 + timedelta(seconds=9))
-    assert leases.acquire(engine, "beat", "a", LEASE, now=T0 + timedelta(seconds=9))  # renewed
-    assert not leases.acquire(engine, "beat", "b", LEASE, now=T0 + timedelta(seconds=18))
-    assert leases.acquire(engine, "beat", "b", LEASE, now=T0 + timedelta(seconds=20))
-    assert leases.holder_of(engine, "beat", now=T0 + timedelta(seconds=21)) == "b"
-
-
-def test_a_leader_that_lost_its_lease_cannot_record_a_tick(engine: Engine) -> None:
-    assert leases.acquire(engine, "beat", "a", LEASE, now=T0)
-    assert leases.record_run(engine, "beat", "a", "tick", T0, 1, now=T0 + timedelta(seconds=1))
-    # a pauses past its lease; b takes over and records the next tick.
-    assert leases.acquire(engine, "beat", "b", LEASE, now=T0 + timedelta(seconds=11))
-    later = T0 + timedelta(seconds=12)
-    assert not leases.record_run(engine, "beat", "a", "tick", later, 2, now=later)
-    assert leases.record_run(engine, "beat", "b", "tick", later, 2, now=later)
-    assert leases.recorded_runs(engine) == {"tick": (later, 2)}
-
-
-def test_a_released_lease_is_taken_at_once(engine: Engine) -> None:
-    assert leases.acquire(engine, "beat", "a", LEASE, now=T0)
-    leases.release(engine, "beat", "b")  # not b's to release
-    assert not leases.acquire(engine, "beat", "b", LEASE, now=T0)
-    leases.release(engine, "beat", "a")
-    assert leases.acquire(engine, "beat", "b", LEASE, now=T0)
-
-
-def test_beats_racing_for_a_free_lease_get_one_holder(engine: Engine) -> None:
-    contenders = [f"beat-{i}" for i in range(4)]
-    start = threading.Barrier(len(contenders))
-    won: list[str] = []
-
-    def contend(holder: str) -> None:
-        start.wait()
-        if leases.acquire(engine, "beat", holder, LEASE, now=T0):
-            won.append(holder)
-
-    threads = [threading.Thread(target=contend, args=(holder,)) for holder in contenders]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert len(won) == 1
-    assert leases.holder_of(engine, "beat", now=T0) == won[0]
-
-
-def test_a_standby_takes_over_within_one_interval() -> None:
-    for interval in (3.0, 60.0, 3600.0):
-        lease = lease_seconds(interval)
-        # The leader may die just after renewing; a standby polls every quarter lease.
-        assert lease + lease / 4 < interval
-
-
-def test_the_schedule_command_names_the_beat_that_sends(stack: Stack) -> None:
-    engine = engine_for(stack.database_url)
-    ensure_schema(engine)
-    assert "no beat holds the lease" in run_cli("schedule", env=stack.env).stdout
-    assert leases.acquire(engine, "beat", "host-7:4242", LEASE)
-
-    assert "sent by beat host-7:4242" in run_cli("schedule", env=stack.env).stdout
-    leases.release(engine, "beat", "host-7:4242")
-
-
-def test_a_beat_stopped_inside_a_lease_call_does_not_wait_on_its_own_transaction() -> None:
-    scheduler = LeaderScheduler(app, lazy=True)
-    with scheduler.database() as engine:
-        assert leases.acquire(engine, "beat", scheduler.holder, LEASE)
-    scheduler.leading = True
-
-    with scheduler.database() as engine, write_transaction(engine):
-        # Beat's SIGTERM handler runs close() on top of the lease call it interrupted.
-        started = time.monotonic()
-        scheduler.close()
-        took = time.monotonic() - started
-        held_on = scheduler.leading
-
-    assert took < 1.0, f"close() waited {took:.1f} s on its own transaction"
-    assert held_on and leases.holder_of(engine, "beat") == scheduler.holder  # left to expire
-    scheduler.close()  # outside a call, a clean stop gives the lease up
-    assert leases.holder_of(engine, "beat") is None
 
 
 # --- real beat processes --------------------------------------------------------------------

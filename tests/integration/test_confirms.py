@@ -18,7 +18,7 @@ from batchapp.celery import app
 from batchapp.cli.processes import CeleryProcess
 from batchapp.sums import sum_to
 from batchapp.tasks import calculate_sum
-from tests.conftest import RESULT_TIMEOUT, Stack, refusing_queue
+from tests.integration.conftest import RESULT_TIMEOUT, Stack, refusing_queue
 
 REFUSED = r"RabbitMQ refused it \(nack\)"
 

@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import json
 import os
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from sqlalchemy.exc import OperationalError
 
 import tests.ledger_jobs  # noqa: F401 - registers the test jobs in this process too
-from batchapp import ledger, service, tasks
-from batchapp.broker import queues
+from batchapp import ledger, service
 from batchapp.cli.processes import CeleryProcess
 from batchapp.jobs.base import utcnow
 from batchapp.tasks import publish_chunks, run_chunk
-from tests.conftest import RUN_DATA_DIR, Stack, run_cli
+from tests.integration.conftest import RUN_DATA_DIR, Stack
+from tests.support import run_cli, wait_until
 
 WAIT = 60.0
 # A job nothing moves for 2 s is stale to the worker's reconciler.
@@ -30,19 +28,12 @@ def worker(stack: Stack) -> Iterator[CeleryProcess]:
     yield stack.worker("w1", concurrency=2, extra=["-I", "tests.ledger_jobs"], **LIMITS)
 
 
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_cancel_stops_a_running_job_and_retry_runs_the_rest(
     stack: Stack, worker: CeleryProcess
 ) -> None:
     ctx = stack.ctx
     view = ledger.submit(ctx, "slow_sum", {"n": 200, "ms": 20}, publish_chunks)
-    wait_until(lambda: ledger.get(ctx, view.id).chunks_done >= 20, "20 chunks done")
+    wait_until(lambda: ledger.get(ctx, view.id).chunks_done >= 20, "20 chunks done", timeout=WAIT)
 
     started = utcnow()
     cancelled = run_cli("cancel", view.id, "--json", env=stack.env)
@@ -66,9 +57,13 @@ def test_cancel_stops_a_running_job_and_retry_runs_the_rest(
     }
     # Every chunk cancelled is delivered once more and dropped; none runs.
     dropped = 200 - at_cancel.chunks_done
-    wait_until(lambda: worker.log().count(f"{view.id} chunk") >= 200, "every message handled")
     wait_until(
-        lambda: worker.log().count("was cancelled; dropped") >= dropped, "the cancelled dropped"
+        lambda: worker.log().count(f"{view.id} chunk") >= 200, "every message handled", timeout=WAIT
+    )
+    wait_until(
+        lambda: worker.log().count("was cancelled; dropped") >= dropped,
+        "the cancelled dropped",
+        timeout=WAIT,
     )
     after = ledger.get(ctx, view.id)
     assert (after.status, after.chunks_done, after.items_done) == (
@@ -156,27 +151,6 @@ def test_after_a_hard_time_limit_the_main_process_keeps_no_ledger_connection(
     assert ledger_fds(worker.pid, database) == []
 
 
-def test_recording_a_failure_retries_a_locked_database(monkeypatch: pytest.MonkeyPatch) -> None:
-    ctx = service.job_context()
-    view = ledger.submit(ctx, "parallel_sum", {"n": 10}, lambda *_: None)
-    real = ledger.record_chunk_failure
-    calls = []
-
-    def locked_twice(*args: object, **kwargs: object) -> None:
-        calls.append(1)
-        if len(calls) <= 2:
-            raise OperationalError("BEGIN IMMEDIATE", {}, Exception("database is locked"))
-        real(*args, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(ledger, "record_chunk_failure", locked_twice)
-    monkeypatch.setattr(tasks.time, "sleep", lambda _: None)
-    tasks.record_failure(view.id, 0, TimeoutError("hard time limit"), redelivered=False)
-
-    failed = ledger.get(ctx, view.id)
-    assert (len(calls), failed.status) == (3, "failed")
-    assert "TimeoutError: hard time limit" in (failed.error or "")
-
-
 def test_beat_runs_the_reconciler_that_finishes_a_job_whose_messages_were_lost(
     stack: Stack, worker: CeleryProcess
 ) -> None:
@@ -194,29 +168,6 @@ def test_beat_runs_the_reconciler_that_finishes_a_job_whose_messages_were_lost(
 
     assert (done.status, done.result) == ("succeeded", 465)
     assert f"reconciler: job {view.id} republished 3 chunk(s)" in worker.log()
-
-
-def test_periodic_jobs_publish_their_chunks_on_the_periodic_queue(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    sent: list[tuple[str, str]] = []
-
-    def publish(job_id: str, indexes: Sequence[int], queue: str = "") -> None:
-        sent.append((ledger.get(service.job_context(), job_id).name, queue))
-
-    monkeypatch.setattr(tasks, "publish_chunks", publish)
-    tasks.submit_job("report", {})
-    failed = tasks.submit_job("parallel_sum", {"n": 10})
-    ledger.record_chunk_failure(service.job_context(), failed.id, 0, RuntimeError("x"))
-    service.retry_job(failed.id)
-
-    assert sent == [
-        ("report", queues.PERIODIC),
-        ("parallel_sum", queues.CHUNKS),
-        ("parallel_sum", queues.CHUNKS),
-    ]
-    # publish_chunks names these queues outright: every one of them must be declared.
-    assert {queue.name for queue in tasks.app.conf.task_queues} == set(queues.ALL)
 
 
 def test_a_chunk_of_a_job_another_ledger_has_is_an_error_naming_this_workers_ledger(

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -34,8 +34,8 @@ from batchapp.jobs import JobContext
 from batchapp.jobs.sales_csv import write_sample
 from batchapp.storage.tables import chunks, sales, sales_rejects
 from batchapp.tasks import calculate_sum, publish_chunks, run_chunk
-from tests.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack
-from tests.support import rabbitmq_vhost
+from tests.integration.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack
+from tests.support import rabbitmq_vhost, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -52,13 +52,6 @@ def alone(stack: Stack) -> Iterator[None]:
 
 WAIT = 120.0
 LOCKED = "database is locked"
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = WAIT, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 @dataclass(frozen=True)
@@ -163,7 +156,7 @@ def test_sigkill_mid_import_loses_and_duplicates_nothing(stack: Stack) -> None:
     view = ledger.submit(
         ctx, "import_csv", {"path": "kill.csv", "chunk_rows": 10_000}, publish_twice
     )
-    wait_until(lambda: ledger.get(ctx, view.id).chunks_done >= 4, what="4 chunks done")
+    wait_until(lambda: ledger.get(ctx, view.id).chunks_done >= 4, "4 chunks done", WAIT)
     first.signal(signal.SIGKILL)
     first.popen.wait()
     done_at_kill = ledger.get(ctx, view.id).chunks_done
@@ -171,7 +164,7 @@ def test_sigkill_mid_import_loses_and_duplicates_nothing(stack: Stack) -> None:
     done = ledger.wait(ctx, view.id, timeout=WAIT)
     # Count once every delivery has run, the second copies too.
     sent = 2 * done.chunks_total
-    wait_until(lambda: chunk_runs(first, rescuer) >= sent, what=f"{sent} chunk deliveries run")
+    wait_until(lambda: chunk_runs(first, rescuer) >= sent, f"{sent} chunk deliveries run", WAIT)
     done = ledger.get(ctx, view.id)
 
     count = count_import(ctx, view.id, path)
@@ -200,7 +193,7 @@ def test_sigterm_mid_job_finishes_or_hands_back_and_exits_in_the_grace_period(
     view = ledger.submit(
         ctx, "import_csv", {"path": "term.csv", "chunk_rows": 5_000}, publish_chunks
     )
-    wait_until(lambda: ledger.get(ctx, view.id).chunks_done >= 2, what="2 chunks done")
+    wait_until(lambda: ledger.get(ctx, view.id).chunks_done >= 2, "2 chunks done", WAIT)
     started = time.monotonic()
     deployed.popen.send_signal(signal.SIGTERM)  # what docker stop sends to the main process
     deployed.popen.wait(timeout=WAIT)

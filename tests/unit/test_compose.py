@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 from batchapp.broker import queues
 from batchapp.settings import Settings, load
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_TEXT = (ROOT / "docker-compose.yml").read_text()
 SERVICES: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()

@@ -1,50 +1,34 @@
-"""batchapp's result backend on each database: Celery's table, one upsert, SUCCESS kept.
+"""batchapp's result backend on SQLite: Celery's table, one upsert, SUCCESS kept.
 
-PostgreSQL runs here with its sessions in Asia/Seoul, so a time stored or compared in the wrong
-zone is nine hours off; the SQLite file is replaced and deleted under a live worker.
+tests/integration/test_results.py runs the tests that take a ``url`` again on PostgreSQL, and
+replaces and deletes the SQLite file under a live worker.
 """
 
 from __future__ import annotations
 
-import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import sqlalchemy.dialects.postgresql.base
 from celery import states
 from celery.backends.database import DatabaseBackend as CeleryDatabaseBackend
 from celery.exceptions import TimeoutError as CeleryTimeoutError
-from sqlalchemy import create_engine, text
-from sqlalchemy.dialects.postgresql import psycopg2
+from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
-from batchapp.celery import app, settings
-from batchapp.cli.processes import CeleryProcess
+from batchapp.celery import app
 from batchapp.internals.result_backend import DatabaseBackend
 from batchapp.storage import engines as db
 from batchapp.storage.engines import driver_url, engine_for
-from batchapp.tasks import calculate_sum
-from tests.conftest import RESULT_TIMEOUT, Stack, _psql
+from tests.support import wait_until
 
 
-@pytest.fixture(scope="module")
-def seoul_postgres_url(postgres_url: str) -> str:
-    """The module's PostgreSQL database, whose sessions run in Asia/Seoul rather than UTC."""
-    database = postgres_url.rsplit("/", 1)[1]
-    _psql(f"ALTER DATABASE \"{database}\" SET timezone TO 'Asia/Seoul'")
-    return postgres_url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'results.sqlite'}"
-    return str(request.getfixturevalue("seoul_postgres_url"))
+@pytest.fixture(params=["sqlite"])  # tests/integration/test_results.py: the same on PostgreSQL
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'results.sqlite'}"
 
 
 @pytest.fixture
@@ -55,13 +39,6 @@ def backend(url: str) -> DatabaseBackend:
 def stock_backend(url: str) -> CeleryDatabaseBackend:
     """Celery's own database backend on the same table, as `celery result` and Flower read it."""
     return CeleryDatabaseBackend(app=app, url=driver_url(url))
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = RESULT_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_a_stored_result_reads_back_with_its_time(backend: DatabaseBackend) -> None:
@@ -115,7 +92,7 @@ def test_cleanup_keeps_a_fresh_result_and_removes_an_expired_one(url: str) -> No
         one_second.cleanup()
         return bool(one_second.get_task_meta(old)["status"] == states.PENDING)
 
-    wait_until(removed)
+    wait_until(removed, "the expired result removed")
 
 
 def test_rows_of_a_table_from_before_children_still_read(backend: DatabaseBackend) -> None:
@@ -156,53 +133,6 @@ def test_engine_options_and_short_lived_sessions_are_honoured(tmp_path: Path) ->
     assert pooled._fast_engine().pool.size() == 2  # type: ignore[union-attr, attr-defined]
     assert isinstance(short_lived._fast_engine().pool, NullPool)  # type: ignore[union-attr]
     assert pooled.get_task_meta(task_id)["result"] == 3
-
-
-def test_postgresql_urls_use_psycopg_where_sqlalchemy_would_pick_psycopg2(
-    seoul_postgres_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # SQLAlchemy 2.0.x maps a driverless postgresql:// to psycopg2, which batchapp does not
-    # install; make this SQLAlchemy do the same.
-    monkeypatch.setattr(sqlalchemy.dialects.postgresql.base, "dialect", psycopg2.dialect)
-    url = f"{seoul_postgres_url}?application_name=batchapp-driver-test"
-    task_id = uuid.uuid4().hex
-    backend = DatabaseBackend(app=app, url=url)
-    backend.store_result(task_id, 5050, states.SUCCESS)
-
-    assert backend.get_task_meta(task_id)["result"] == 5050
-    with engine_for(url).connect() as connection:
-        assert connection.dialect.driver == "psycopg"
-        assert connection.execute(text("SELECT 1")).scalar() == 1
-
-
-@pytest.fixture(scope="module")
-def worker(stack: Stack) -> Iterator[CeleryProcess]:
-    yield stack.worker()
-
-
-@pytest.mark.parametrize("change", ["deleted", "replaced"])
-def test_results_keep_coming_after_the_results_file_is_deleted_or_replaced(
-    worker: CeleryProcess, change: str, tmp_path: Path
-) -> None:
-    results_file = Path(settings.result_backend.removeprefix("db+sqlite:///"))
-    assert calculate_sum.delay(10).get(timeout=RESULT_TIMEOUT) == 55  # pooled on both sides
-
-    files = [results_file.with_name(results_file.name + suffix) for suffix in ("", "-wal", "-shm")]
-    if change == "deleted":
-        for path in files:
-            path.unlink(missing_ok=True)
-    else:
-        other = tmp_path / "other.sqlite"
-        stock_backend(f"sqlite:///{other}")  # an empty results database, made by Celery
-        for path in files[1:]:
-            path.unlink(missing_ok=True)
-        os.replace(other, results_file)
-
-    assert calculate_sum.delay(100).get(timeout=RESULT_TIMEOUT) == 5050
-    reader = create_engine(f"sqlite:///{results_file}", poolclass=NullPool)
-    with reader.connect() as connection:
-        rows = connection.execute(text("SELECT count(*) FROM celery_taskmeta")).scalar()
-    assert rows == 1  # the new file holds the result written after the change, and only it
 
 
 def counting_reads(backend: DatabaseBackend, monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -256,13 +186,8 @@ def test_watch_changes_sees_other_connections_commits_and_rereads_each_second(
             connection.exec_driver_sql("INSERT INTO t VALUES (1)")
         assert (changed(), changed()) == (True, False)
         started = time.monotonic()
-        wait_until(changed, timeout=5)
+        wait_until(changed, "a reread after WATCH_REREAD_S", timeout=5)
         assert time.monotonic() - started >= 0.2
-
-
-def test_watch_changes_on_postgresql_says_read_every_time(postgres_url: str) -> None:
-    with db.watch_changes(engine_for(postgres_url)) as changed:
-        assert changed is None
 
 
 def test_a_raw_sqlite_write_rolls_back_on_error_and_errors_are_sqlalchemys(

@@ -15,7 +15,8 @@ from batchapp.jobs import JobContext
 from batchapp.jobs.sales_csv import write_sample
 from batchapp.storage.tables import chunks, sales, sales_rejects
 from batchapp.tasks import publish_chunks, run_periodic
-from tests.conftest import RUN_DATA_DIR, Stack, _stack, run_cli
+from tests.integration.conftest import RUN_DATA_DIR, Stack, _stack
+from tests.support import run_cli, wait_until
 
 WAIT = 60.0
 
@@ -158,25 +159,19 @@ def test_periodic_run_is_skipped_while_the_previous_run_is_going(jobs_stack: Sta
 
 
 def _wait_for(ctx: JobContext, job_id: str, condition: Any) -> ledger.JobView:
-    import time
+    def met() -> ledger.JobView | None:
+        view = ledger.get(ctx, job_id)
+        return view if condition(view) else None
 
-    deadline = time.monotonic() + WAIT
-    while not condition(view := ledger.get(ctx, job_id)):
-        assert time.monotonic() < deadline, view
-        time.sleep(0.02)
-    return view
+    return wait_until(met, f"job {job_id} to reach the condition", WAIT)
 
 
 def _wait_for_new(ctx: JobContext, name: str, after: str) -> ledger.JobView:
-    import time
-
-    deadline = time.monotonic() + WAIT
-    while True:
+    def newer() -> ledger.JobView | None:
         ids = [v.id for v in ledger.recent(ctx, 50) if v.name == name]
-        if ids and ids[0] != after and after in ids:
-            return ledger.get(ctx, ids[0])
-        assert time.monotonic() < deadline, ids
-        time.sleep(0.02)
+        return ledger.get(ctx, ids[0]) if ids and ids[0] != after and after in ids else None
+
+    return wait_until(newer, f"a {name} job newer than {after}", WAIT)
 
 
 def test_chunk_rows_record_no_redelivery_in_a_clean_run(jobs_stack: Stack) -> None:

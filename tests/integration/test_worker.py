@@ -15,7 +15,7 @@ from kombu import Queue
 from batchapp.broker import routing
 from batchapp.cli.processes import CeleryProcess
 from batchapp.tasks import calculate_sum
-from tests.conftest import RESULT_TIMEOUT, Stack
+from tests.integration.conftest import RESULT_TIMEOUT, Stack
 
 
 @pytest.fixture(scope="module")

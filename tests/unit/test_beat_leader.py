@@ -1,0 +1,120 @@
+"""Any number of beats: one leads by a lease in the database, the others take over when it dies.
+
+The lease's interleavings are tested step by step here on SQLite, and again on PostgreSQL (with a
+session time zone that is not UTC) by tests/integration/test_beat_leader.py, which also runs real
+beat processes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta
+
+import pytest
+from sqlalchemy import Engine
+
+from batchapp.beat import leases
+from batchapp.beat.scheduler import LeaderScheduler, lease_seconds
+from batchapp.celery import app
+from batchapp.storage.engines import engine_for, write_transaction
+from batchapp.storage.tables import beat_entries, beat_leases, ensure_schema
+from tests.support import run_cli
+from tests.unit.conftest import RUN_DATA_DIR
+
+LEASE = timedelta(seconds=10)
+T0 = datetime(2026, 11, 26, 1, 0, 0)
+
+
+@pytest.fixture(params=["sqlite"])  # tests/integration/test_beat_leader.py: on PostgreSQL
+def engine() -> Engine:
+    url = f"sqlite:///{RUN_DATA_DIR / f'leases-{time.monotonic_ns()}.sqlite'}"
+    engine = engine_for(url)
+    ensure_schema(engine)
+    with engine.begin() as connection:
+        connection.execute(beat_leases.delete())
+        connection.execute(beat_entries.delete())
+    return engine
+
+
+def test_one_holder_at_a_time_until_the_lease_expires(engine: Engine) -> None:
+    assert leases.acquire(engine, "beat", "a", LEASE, now=T0)
+    assert not leases.acquire(engine, "beat", "b", LEASE, now=T0 + timedelta(seconds=9))
+    assert leases.acquire(engine, "beat", "a", LEASE, now=T0 + timedelta(seconds=9))  # renewed
+    assert not leases.acquire(engine, "beat", "b", LEASE, now=T0 + timedelta(seconds=18))
+    assert leases.acquire(engine, "beat", "b", LEASE, now=T0 + timedelta(seconds=20))
+    assert leases.holder_of(engine, "beat", now=T0 + timedelta(seconds=21)) == "b"
+
+
+def test_a_leader_that_lost_its_lease_cannot_record_a_tick(engine: Engine) -> None:
+    assert leases.acquire(engine, "beat", "a", LEASE, now=T0)
+    assert leases.record_run(engine, "beat", "a", "tick", T0, 1, now=T0 + timedelta(seconds=1))
+    # a pauses past its lease; b takes over and records the next tick.
+    assert leases.acquire(engine, "beat", "b", LEASE, now=T0 + timedelta(seconds=11))
+    later = T0 + timedelta(seconds=12)
+    assert not leases.record_run(engine, "beat", "a", "tick", later, 2, now=later)
+    assert leases.record_run(engine, "beat", "b", "tick", later, 2, now=later)
+    assert leases.recorded_runs(engine) == {"tick": (later, 2)}
+
+
+def test_a_released_lease_is_taken_at_once(engine: Engine) -> None:
+    assert leases.acquire(engine, "beat", "a", LEASE, now=T0)
+    leases.release(engine, "beat", "b")  # not b's to release
+    assert not leases.acquire(engine, "beat", "b", LEASE, now=T0)
+    leases.release(engine, "beat", "a")
+    assert leases.acquire(engine, "beat", "b", LEASE, now=T0)
+
+
+def test_beats_racing_for_a_free_lease_get_one_holder(engine: Engine) -> None:
+    contenders = [f"beat-{i}" for i in range(4)]
+    start = threading.Barrier(len(contenders))
+    won: list[str] = []
+
+    def contend(holder: str) -> None:
+        start.wait()
+        if leases.acquire(engine, "beat", holder, LEASE, now=T0):
+            won.append(holder)
+
+    threads = [threading.Thread(target=contend, args=(holder,)) for holder in contenders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(won) == 1
+    assert leases.holder_of(engine, "beat", now=T0) == won[0]
+
+
+def test_a_standby_takes_over_within_one_interval() -> None:
+    for interval in (3.0, 60.0, 3600.0):
+        lease = lease_seconds(interval)
+        # The leader may die just after renewing; a standby polls every quarter lease.
+        assert lease + lease / 4 < interval
+
+
+def test_the_schedule_command_names_the_beat_that_sends(cli_env: dict[str, str]) -> None:
+    engine = engine_for(cli_env["BATCHAPP_DATABASE_URL"])
+    ensure_schema(engine)
+    assert "no beat holds the lease" in run_cli("schedule", env=cli_env).stdout
+    assert leases.acquire(engine, "beat", "host-7:4242", LEASE)
+
+    assert "sent by beat host-7:4242" in run_cli("schedule", env=cli_env).stdout
+    leases.release(engine, "beat", "host-7:4242")
+
+
+def test_a_beat_stopped_inside_a_lease_call_does_not_wait_on_its_own_transaction() -> None:
+    scheduler = LeaderScheduler(app, lazy=True)
+    with scheduler.database() as engine:
+        assert leases.acquire(engine, "beat", scheduler.holder, LEASE)
+    scheduler.leading = True
+
+    with scheduler.database() as engine, write_transaction(engine):
+        # Beat's SIGTERM handler runs close() on top of the lease call it interrupted.
+        started = time.monotonic()
+        scheduler.close()
+        took = time.monotonic() - started
+        held_on = scheduler.leading
+
+    assert took < 1.0, f"close() waited {took:.1f} s on its own transaction"
+    assert held_on and leases.holder_of(engine, "beat") == scheduler.holder  # left to expire
+    scheduler.close()  # outside a call, a clean stop gives the lease up
+    assert leases.holder_of(engine, "beat") is None
