@@ -21,9 +21,9 @@ from sqlalchemy.pool import NullPool
 
 from batchapp.celery import app, settings
 from batchapp.cli.processes import CeleryProcess
+from batchapp.internals.result_backend import DatabaseBackend
 from batchapp.storage import engines as db
 from batchapp.storage.engines import engine_for
-from batchapp.storage.results import DatabaseBackend
 from batchapp.tasks import calculate_sum
 from tests.integration.conftest import RESULT_TIMEOUT, Stack, _psql
 from tests.unit.test_results import (  # noqa: F401 - collected here, with url on PostgreSQL
