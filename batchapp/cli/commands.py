@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -75,6 +76,10 @@ class _Group(_Command, click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """batchapp: chunked parallel jobs and periodic jobs on Celery."""
+    # BATCHAPP_JOBS modules are found from the current folder, as `celery -A batchapp worker`
+    # finds them, so CLI and workers started in one folder know the same jobs.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 @contextmanager
