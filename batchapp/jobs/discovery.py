@@ -113,7 +113,8 @@ def _register(job: Job, origin: str, registry: JobRegistry) -> None:
 
 
 def _a(value: Any) -> str:
-    kind = "a class" if inspect.isclass(value) else f"a {type(value).__name__}"
+    kind = "class" if inspect.isclass(value) else type(value).__name__
+    kind = f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
     return f"{kind} {getattr(value, '__name__', '')}".rstrip()
 
 
