@@ -1,7 +1,80 @@
 """batchapp: batch processing on Celery.
 
-The Celery app lives in :mod:`batchapp.celery` (``celery -A batchapp`` finds it there); tasks
-live in :mod:`batchapp.tasks`.
+The public job API is imported from here::
+
+    from batchapp import Int, job, ranges
+
+    @job("acme.squares", params={"n": Int(min=0, max=10**9)},
+         chunks=lambda p: ranges(1, p["n"], 1000), reduce=sum)
+    def squares(spec, params):
+        return sum(i * i for i in range(spec["first"], spec["last"] + 1))
+
+Its names are loaded on first use, so ``import batchapp`` stays light: it neither loads the
+settings nor makes the Celery app, which lives in :mod:`batchapp.celery` (``celery -A
+batchapp`` finds it there); tasks live in :mod:`batchapp.tasks`.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from batchapp.jobs.base import Chunk, ChunkOutcome, Job, JobContext, ParamError
+    from batchapp.jobs.decorator import FunctionJob, job, ranges
+    from batchapp.jobs.params import Bool, Choice, Float, Int, Param, Str
+    from batchapp.jobs.registry import JOBS, JobRegistryError
+
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_API = {
+    "Job": "batchapp.jobs.base",
+    "JobContext": "batchapp.jobs.base",
+    "Chunk": "batchapp.jobs.base",
+    "ChunkOutcome": "batchapp.jobs.base",
+    "ParamError": "batchapp.jobs.base",
+    "job": "batchapp.jobs.decorator",
+    "ranges": "batchapp.jobs.decorator",
+    "FunctionJob": "batchapp.jobs.decorator",
+    "Param": "batchapp.jobs.params",
+    "Int": "batchapp.jobs.params",
+    "Float": "batchapp.jobs.params",
+    "Str": "batchapp.jobs.params",
+    "Bool": "batchapp.jobs.params",
+    "Choice": "batchapp.jobs.params",
+    "JOBS": "batchapp.jobs.registry",
+    "JobRegistryError": "batchapp.jobs.registry",
+}
+
+__all__ = [
+    "JOBS",
+    "Bool",
+    "Choice",
+    "Chunk",
+    "ChunkOutcome",
+    "Float",
+    "FunctionJob",
+    "Int",
+    "Job",
+    "JobContext",
+    "JobRegistryError",
+    "Param",
+    "ParamError",
+    "Str",
+    "job",
+    "ranges",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'batchapp' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -7,6 +7,7 @@ from celery.signals import celeryd_after_setup
 
 from batchapp import settings as config
 from batchapp.internals import contract
+from batchapp.jobs import discovery
 
 try:
     settings = config.load()
@@ -23,3 +24,10 @@ app = Celery(
 )
 app.config_from_object(config.celery_config(settings))
 celeryd_after_setup.connect(config.ignore_cancel_on_connection_loss_warning, weak=False)
+
+# Job types from BATCHAPP_JOBS and entry points, before the worker forks its pool and before
+# the CLI plans a job: every process of a deployment knows the same jobs, or stops here.
+try:
+    discovery.discover(settings.jobs)
+except discovery.DiscoveryError as exc:
+    raise SystemExit(f"batchapp: {exc}") from None

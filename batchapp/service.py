@@ -22,7 +22,7 @@ from batchapp.beat.scheduler import LEASE
 from batchapp.broker import dead_letters
 from batchapp.broker.dead_letters import DEAD_LETTER_QUEUE, DeadLetter
 from batchapp.celery import app, settings
-from batchapp.jobs import ParamError
+from batchapp.jobs import JOBS, ParamError
 from batchapp.jobs.sales_csv import (
     SampleStats,
     SampleTargetError,
@@ -51,6 +51,7 @@ __all__ = [
     "SUCCEEDED",
     "USER_ERRORS",
     "DeadLetter",
+    "JobType",
     "JobView",
     "SampleStats",
     "ScheduleEntry",
@@ -64,6 +65,7 @@ __all__ = [
     "failed_chunks",
     "get_job",
     "job_context",
+    "job_types",
     "recent_jobs",
     "retry_job",
     "schedule",
@@ -79,6 +81,40 @@ __all__ = [
 def timezone() -> ZoneInfo:
     """The zone times are shown in (``BATCHAPP_TIMEZONE``)."""
     return job_context().tz
+
+
+@dataclass(frozen=True)
+class JobType:
+    """A job one can submit: its name, what it does, its parameters, and where it came from."""
+
+    name: str
+    summary: str
+    params_help: str
+    queue: str
+    origin: str
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "params": self.params_help,
+            "queue": self.queue,
+            "origin": self.origin,
+        }
+
+
+def job_types() -> list[JobType]:
+    """Every job type this process knows (built-in and discovered), by name."""
+    return [
+        JobType(
+            name,
+            str(getattr(job, "summary", "")),
+            str(getattr(job, "params_help", "")),
+            job.queue,
+            JOBS.origin(name),
+        )
+        for name, job in sorted(JOBS.items())
+    ]
 
 
 def get_job(job_id: str) -> JobView:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import re
 import warnings
 import zoneinfo
 from collections.abc import Callable, Mapping
@@ -74,6 +75,8 @@ class Settings:
     # Seconds any wait on the broker may last in publishing and the CLI before it is an error.
     broker_timeout: float
     queue_type: str
+    # Modules of job types to import at start (BATCHAPP_JOBS), besides entry points.
+    jobs: tuple[str, ...] = ()
 
     @property
     def broker_is_filesystem(self) -> bool:
@@ -124,6 +127,7 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         max_deliveries=env.get("MAX_DELIVERIES", _positive(int), 3),
         broker_timeout=env.get("BROKER_TIMEOUT", _seconds(), 30.0),
         queue_type=env.get("QUEUE_TYPE", _queue_type, QUEUE_TYPE_DEFAULT),
+        jobs=env.get("JOBS", _module_names, ()),
     )
 
 
@@ -257,6 +261,23 @@ def _queue_type(name: str) -> str:
     if name not in routing.QUEUE_TYPES:
         raise ValueError(f"expected one of {', '.join(routing.QUEUE_TYPES)}, got {name!r}")
     return name
+
+
+_MODULE_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+
+
+def _module_names(value: str) -> tuple[str, ...]:
+    """``acme.jobs,other.jobs``: importable module names, each once."""
+    names = [part.strip() for part in value.split(",")]
+    for name in names:
+        if not name:
+            raise ValueError(f"empty module name in {value!r} (separate modules by ',')")
+        if not _MODULE_NAME.fullmatch(name) or not name.isascii():
+            raise ValueError(f"{name!r} is not a module name (expected dotted.names)")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"module {repeated[0]!r} is named twice")
+    return tuple(names)
 
 
 def _timezone(name: str) -> str:

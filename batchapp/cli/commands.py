@@ -3,6 +3,7 @@
     batchapp submit parallel_sum n=1000000 chunk_size=10000 --wait
     batchapp submit import_csv path=sales.csv --wait --json
     batchapp status ID | batchapp jobs | batchapp retry ID | batchapp cancel ID
+    batchapp job-types [--json]
     batchapp schedule | batchapp dead-letters [--purge]
     batchapp sample-csv sales.csv 100000 --bad 0.01
     batchapp demo
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -74,6 +76,10 @@ class _Group(_Command, click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """batchapp: chunked parallel jobs and periodic jobs on Celery."""
+    # BATCHAPP_JOBS modules are found from the current folder, as `celery -A batchapp worker`
+    # finds them, so CLI and workers started in one folder know the same jobs.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 @contextmanager
@@ -170,7 +176,7 @@ def _parse_assignments(assignments: tuple[str, ...]) -> dict[str, str]:
 def submit(
     job: str, assignments: tuple[str, ...], wait: bool, timeout: float | None, as_json: bool
 ) -> None:
-    """Submit JOB with its parameters (see `batchapp jobs --help` for the job list)."""
+    """Submit JOB with its parameters (`batchapp job-types` lists the jobs)."""
     params = _parse_assignments(assignments)
     with _errors_as_one_line():
         from batchapp import service
@@ -205,7 +211,7 @@ def status(job_id: str, as_json: bool) -> None:
 @click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
 @json_option
 def jobs(limit: int, as_json: bool) -> None:
-    """Recent jobs, newest first. Jobs you can submit: parallel_sum, import_csv, report, cleanup."""
+    """Recent jobs, newest first. `batchapp job-types` lists the jobs you can submit."""
     with _errors_as_one_line():
         from batchapp import service
 
@@ -215,6 +221,23 @@ def jobs(limit: int, as_json: bool) -> None:
         click.echo(json.dumps([display.job_json(v, tz) for v in views], indent=2))
     else:
         display.print_jobs(views, tz)
+
+
+@main.command("job-types")
+@json_option
+def job_types(as_json: bool) -> None:
+    """Every job type you can submit: built-in, from BATCHAPP_JOBS, or from entry points."""
+    with _errors_as_one_line():
+        from batchapp import service
+
+        types = service.job_types()
+    if as_json:
+        click.echo(json.dumps([t.as_json() for t in types], indent=2))
+    else:
+        display.table(
+            ("NAME", "FROM", "PARAMETERS", "SUMMARY"),
+            [(t.name, t.origin, t.params_help or "-", t.summary) for t in types],
+        )
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from batchapp.broker import queues
 from batchapp.validate import shown
@@ -73,6 +75,15 @@ class Job(ABC):
     # The queue its chunks travel on: a periodic job's never wait behind an import's.
     queue: ClassVar[str] = queues.CHUNKS
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # A job's own parse_params and plan may raise anything (int(raw["n"]) raises
+        # ValueError or KeyError): it reaches the CLI as a one-line ParamError naming the job.
+        super().__init_subclass__(**kwargs)
+        if "parse_params" in cls.__dict__:
+            cls.parse_params = _guard_parse_params(cls.__dict__["parse_params"])  # type: ignore[method-assign]
+        if "plan" in cls.__dict__:
+            cls.plan = _guard_plan(cls.__dict__["plan"])  # type: ignore[method-assign]
+
     @abstractmethod
     def parse_params(self, raw: Mapping[str, Any], ctx: JobContext) -> dict[str, JSON]:
         """Checked, JSON-ready parameters; :class:`ParamError` names what is wrong."""
@@ -93,6 +104,60 @@ class Job(ABC):
         """The job's result from its chunks' outputs, in chunk order; runs in the transaction
         that marks the last chunk done, so keep it small."""
         return None
+
+
+# Kept as they are: a file or the database failing is not the job's mistake, and callers
+# already report (and periodic runs retry) them.
+_PASSED_THROUGH = (ParamError, OSError, SQLAlchemyError)
+# The guards made so far, so a method is never wrapped twice.
+_GUARDED: set[Callable[..., Any]] = set()
+
+
+def _job_name(job: Job) -> str:
+    return str(getattr(job, "name", type(job).__name__))
+
+
+def _failure(exc: Exception) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _guard_parse_params(method: Callable[..., dict[str, JSON]]) -> Callable[..., dict[str, JSON]]:
+    if method in _GUARDED:
+        return method
+
+    @functools.wraps(method)
+    def parse_params(self: Job, raw: Mapping[str, Any], ctx: JobContext) -> dict[str, JSON]:
+        try:
+            return method(self, raw, ctx)
+        except _PASSED_THROUGH:
+            raise
+        except Exception as exc:
+            raise ParamError(f"{_job_name(self)}: bad parameters ({_failure(exc)})") from exc
+
+    _GUARDED.add(parse_params)
+    return parse_params
+
+
+def _guard_plan(
+    method: Callable[..., Iterator[dict[str, JSON]]],
+) -> Callable[..., Iterator[dict[str, JSON]]]:
+    if method in _GUARDED:
+        return method
+
+    @functools.wraps(method)
+    def plan(self: Job, params: dict[str, JSON], ctx: JobContext) -> Iterator[dict[str, JSON]]:
+        try:
+            yield from method(self, params, ctx)
+        except _PASSED_THROUGH:
+            raise
+        except Exception as exc:
+            raise ParamError(
+                f"{_job_name(self)}: cannot plan its chunks ({_failure(exc)})"
+            ) from exc
+
+    _GUARDED.add(plan)
+    return plan
 
 
 def utcnow() -> datetime:
