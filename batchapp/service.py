@@ -29,7 +29,14 @@ from batchapp.jobs.sales_csv import (
     check_sample_target,
     write_sample,
 )
-from batchapp.ledger import FAILED, SUCCEEDED, JobStateError, JobView, UnknownJobError
+from batchapp.ledger import (
+    FAILED,
+    SUCCEEDED,
+    ExecutionView,
+    JobStateError,
+    JobView,
+    UnknownJobError,
+)
 from batchapp.runtime import job_context
 from batchapp.settings import mask_url
 from batchapp.storage.tables import ensure_schema
@@ -51,6 +58,7 @@ __all__ = [
     "SUCCEEDED",
     "USER_ERRORS",
     "DeadLetter",
+    "ExecutionView",
     "JobType",
     "JobView",
     "SampleStats",
@@ -65,6 +73,7 @@ __all__ = [
     "failed_chunks",
     "get_job",
     "job_context",
+    "job_executions",
     "job_types",
     "recent_jobs",
     "retry_job",
@@ -119,6 +128,11 @@ def job_types() -> list[JobType]:
 
 def get_job(job_id: str) -> JobView:
     return ledger.get(job_context(), job_id)
+
+
+def job_executions(job_id: str) -> list[ExecutionView]:
+    """The job's runs (its submit, then each retry), first first; see ledger.executions."""
+    return ledger.executions(job_context(), job_id)
 
 
 def failed_chunks(job_id: str) -> list[Any]:

@@ -159,10 +159,17 @@ def publish_chunks(job_id: str, indexes: Sequence[int], queue: str = queues.CHUN
                 )
 
 
-def submit_job(name: str, params: Mapping[str, Any], *, exclusive: bool = False) -> ledger.JobView:
-    """Plan, record and publish a job; see :func:`batchapp.ledger.submit`."""
+def submit_job(
+    name: str,
+    params: Mapping[str, Any],
+    *,
+    exclusive: bool = False,
+    key: str | None = None,
+) -> ledger.JobView:
+    """Plan, record and publish a job; with a ``key``, the job running or succeeded with that
+    key instead, if there is one (its ``existing`` is true). See :func:`batchapp.ledger.submit`."""
     publish = partial(publish_chunks, queue=get_job(name).queue)
-    return ledger.submit(job_context(), name, params, publish, exclusive=exclusive)
+    return ledger.submit(job_context(), name, params, publish, exclusive=exclusive, key=key)
 
 
 def retry_job(job_id: str) -> list[int]:

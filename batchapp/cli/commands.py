@@ -172,20 +172,33 @@ def _parse_assignments(assignments: tuple[str, ...]) -> dict[str, str]:
     callback=_finite,
     help="Seconds to wait.",
 )
+@click.option(
+    "--key",
+    help="Name this run (per JOB): while a job with KEY runs or has succeeded, "
+    "submitting again returns it instead of starting another.",
+)
 @json_option
 def submit(
-    job: str, assignments: tuple[str, ...], wait: bool, timeout: float | None, as_json: bool
+    job: str,
+    assignments: tuple[str, ...],
+    wait: bool,
+    timeout: float | None,
+    key: str | None,
+    as_json: bool,
 ) -> None:
     """Submit JOB with its parameters (`batchapp job-types` lists the jobs)."""
     params = _parse_assignments(assignments)
     with _errors_as_one_line():
         from batchapp import service
 
-        view = service.submit_job(job, params)
+        view = service.submit_job(job, params, key=key)
+        existing = view.existing
+        if existing and not as_json:
+            click.echo(f"job {view.id} already {view.status} with key {view.key}")
         if wait and not view.finished:
             wait_for = partial(service.wait_for_job, view, timeout)
             view = display.wait_with_progress(view, wait_for, show=not as_json)
-    display.print_job(view, service.timezone(), as_json=as_json)
+    display.print_job(view, service.timezone(), as_json=as_json, extra={"existing": existing})
     if wait and view.status == service.FAILED:
         sys.exit(1)
 
@@ -194,13 +207,18 @@ def submit(
 @click.argument("job_id")
 @json_option
 def status(job_id: str, as_json: bool) -> None:
-    """Show one job: progress, result or error, and its failed chunks."""
+    """Show one job: progress, result or error, its runs, and its failed chunks."""
     with _errors_as_one_line():
         from batchapp import service
 
         view = service.get_job(job_id)
+        runs = service.job_executions(job_id)
         failed = service.failed_chunks(job_id)
-    display.print_job(view, service.timezone(), as_json=as_json)
+    tz = service.timezone()
+    executions = [display.execution_json(run, tz) for run in runs]
+    display.print_job(view, tz, as_json=as_json, extra={"executions": executions})
+    if runs and not as_json:
+        display.print_executions(runs, tz)
     if failed and not as_json:
         click.echo("failed chunks:")
         for chunk in failed[:20]:

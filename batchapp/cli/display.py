@@ -13,7 +13,7 @@ import click
 
 if TYPE_CHECKING:
     # Types only: the CLI imports the app (and so the settings) inside each command.
-    from batchapp.service import JobView, ScheduleEntry
+    from batchapp.service import ExecutionView, JobView, ScheduleEntry
 
 HIDDEN_PARAMS = frozenset({"columns", "size", "mtime_ns"})
 """Parameters the planner adds for itself: not worth a line in the summary."""
@@ -35,6 +35,7 @@ def job_json(view: JobView, tz: ZoneInfo) -> dict[str, Any]:
     return {
         "id": view.id,
         "job": view.name,
+        "key": view.key,
         "params": view.params,
         "status": view.status,
         "result": view.result,
@@ -52,13 +53,30 @@ def job_json(view: JobView, tz: ZoneInfo) -> dict[str, Any]:
     }
 
 
-def print_job(view: JobView, tz: ZoneInfo, *, as_json: bool = False) -> None:
+def execution_json(run: ExecutionView, tz: ZoneInfo) -> dict[str, Any]:
+    return {
+        "number": run.number,
+        "started_by": run.started_by,
+        "outcome": run.outcome,
+        "chunks": {"done": run.chunks_done, "failed": run.chunks_failed},
+        "error": run.error,
+        "started_at": _iso(run.started_at, tz),
+        "finished_at": _iso(run.finished_at, tz),
+    }
+
+
+def print_job(
+    view: JobView, tz: ZoneInfo, *, as_json: bool = False, extra: dict[str, Any] | None = None
+) -> None:
+    """The job; ``extra`` adds keys to its JSON (the text leaves them to the caller)."""
     data = job_json(view, tz)
     if as_json:
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps(data | (extra or {}), indent=2))
         return
     params = " ".join(f"{k}={v}" for k, v in view.params.items() if k not in HIDDEN_PARAMS)
     click.echo(f"job {view.id}  {view.name}  {view.status}")
+    if view.key is not None:
+        click.echo(f"  key      {view.key}")
     click.echo(f"  params   {params or '-'}")
     cancelled = f", {view.chunks_cancelled} cancelled" if view.chunks_cancelled else ""
     click.echo(
@@ -74,6 +92,17 @@ def print_job(view: JobView, tz: ZoneInfo, *, as_json: bool = False) -> None:
     if data["elapsed_s"] is not None:
         click.echo(
             f"  finished {local_time(view.finished_at, tz)} {tz.key} ({data['elapsed_s']:.2f} s)"
+        )
+
+
+def print_executions(runs: Sequence[ExecutionView], tz: ZoneInfo) -> None:
+    click.echo("executions:")
+    for run in runs:
+        ended = f" to {local_time(run.finished_at, tz)}" if run.finished_at else ""
+        click.echo(
+            f"  #{run.number} {run.started_by:<6} {run.outcome:<9} "
+            f"{run.chunks_done} done, {run.chunks_failed} failed  "
+            f"{local_time(run.started_at, tz)}{ended} {tz.key}"
         )
 
 

@@ -22,7 +22,7 @@ The ledger knows nothing of Celery: publishing is a function the caller passes i
 from __future__ import annotations
 
 from batchapp.ledger.chunks import record_chunk_failure, run_chunk
-from batchapp.ledger.lifecycle import Publish, cancel, reconcile, retry, submit
+from batchapp.ledger.lifecycle import Publish, cancel, check_key, reconcile, retry, submit
 from batchapp.ledger.locks import lock_ttl
 from batchapp.ledger.states import (
     CANCELLED,
@@ -37,7 +37,7 @@ from batchapp.ledger.states import (
     JobStateError,
     UnknownJobError,
 )
-from batchapp.ledger.views import JobView, chunk_rows, get, recent, wait
+from batchapp.ledger.views import ExecutionView, JobView, chunk_rows, executions, get, recent, wait
 
 __all__ = [
     "CANCELLED",
@@ -48,13 +48,16 @@ __all__ = [
     "RUNNING",
     "SKIPPED",
     "SUCCEEDED",
+    "ExecutionView",
     "JobStalledError",
     "JobStateError",
     "JobView",
     "Publish",
     "UnknownJobError",
     "cancel",
+    "check_key",
     "chunk_rows",
+    "executions",
     "get",
     "lock_ttl",
     "recent",

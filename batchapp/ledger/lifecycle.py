@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Connection, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from batchapp.jobs import JobContext, get_job
 from batchapp.jobs.base import MAX_CHUNKS, ParamError, utcnow
@@ -18,13 +20,32 @@ from batchapp.ledger.states import (
     PENDING,
     RUNNING,
     SKIPPED,
+    JobStateError,
     UnknownJobError,
     check_job_move,
 )
-from batchapp.ledger.transitions import LockedJob, lock_job, move_chunks, move_job, settle
+from batchapp.ledger.transitions import (
+    LockedJob,
+    end_execution,
+    lock_job,
+    move_chunks,
+    move_job,
+    settle,
+    start_execution,
+)
 from batchapp.ledger.views import JobView, get, view
-from batchapp.storage.engines import read_transaction, write_transaction
-from batchapp.storage.tables import chunks, ensure_schema, jobs
+from batchapp.storage.engines import dialect_insert, read_transaction, write_transaction
+from batchapp.storage.tables import (
+    KEY_MAX_CHARS,
+    LIVE_KEY_STATUSES,
+    LIVE_KEY_WHERE,
+    chunks,
+    ensure_schema,
+    jobs,
+)
+from batchapp.validate import shown
+
+_KEY_ATTEMPTS = 5
 
 Publish = Callable[[str, Sequence[int]], None]
 """Sends one message per chunk index of a job (the Celery side supplies it)."""
@@ -37,18 +58,32 @@ def submit(
     publish: Publish,
     *,
     exclusive: bool = False,
+    key: str | None = None,
 ) -> JobView:
     """Plan a job, record it, and publish its chunks.
 
     ``exclusive`` runs are for periodic jobs: while an earlier run of the same job is going,
     the new one is recorded as skipped instead of started.
+
+    With a ``key``, while a job of this name with that key is running or has succeeded, that
+    job is returned (its view's ``existing`` is true) and nothing is planned or published; a
+    job with that key that failed or was cancelled does not hold it, so a new job starts. The
+    database's unique index decides between submits at the same moment: one job is created.
     """
     job = get_job(job_name)
+    if key is not None:
+        check_key(key)
     params = job.parse_params(raw_params, ctx)
+    ensure_schema(ctx.engine)
+    if key is not None:
+        # Seen before planning, so a submit that finds the job costs no plan (a scan of a CSV).
+        with read_transaction(ctx.engine) as connection:
+            holder = _key_holder(connection, job_name, key)
+            if holder is not None:
+                return replace(view(connection, holder), existing=True)
     specs = list(job.plan(params, ctx))
     if len(specs) > MAX_CHUNKS:
         raise ParamError(f"{job_name}: {len(specs):,} chunks is over the limit of {MAX_CHUNKS:,}")
-    ensure_schema(ctx.engine)
     job_id = uuid.uuid4().hex
     now = utcnow()
     row: dict[str, Any] = {
@@ -64,6 +99,7 @@ def submit(
         "exclusive": exclusive,
         "created_at": now,
         "updated_at": now,
+        "job_key": key,
     }
     with write_transaction(ctx.engine) as connection:
         if exclusive:
@@ -72,8 +108,16 @@ def submit(
                 row |= {"status": SKIPPED, "finished_at": now, "chunks_total": 0}
                 row["error"] = f"skipped: the previous run {holder} is still going"
                 connection.execute(insert(jobs).values(row))
+                start_execution(connection, job_id, "submit", now)
+                end_execution(connection, job_id, SKIPPED, row["error"], 0, 0, now)
                 return view(connection, job_id)
-        connection.execute(insert(jobs).values(row))
+        if key is not None:
+            existing = _insert_keyed(connection, row)
+            if existing is not None:
+                return replace(view(connection, existing), existing=True)
+        else:
+            connection.execute(insert(jobs).values(row))
+        start_execution(connection, job_id, "submit", now)
         if specs:
             connection.execute(
                 insert(chunks),
@@ -89,21 +133,87 @@ def submit(
     return get(ctx, job_id)
 
 
+def check_key(key: object) -> None:
+    """A key is 1 to 200 printable characters, with no space at either end."""
+    if not isinstance(key, str):
+        raise ParamError(f"key must be a string, got {type(key).__name__}")
+    if not key or len(key) > KEY_MAX_CHARS:
+        raise ParamError(f"key must be 1 to {KEY_MAX_CHARS} characters, got {len(key)}")
+    if not key.isprintable() or key != key.strip():
+        raise ParamError(f"key must be printable, with no space at either end, got {shown(key)}")
+
+
+def _key_holder(connection: Connection, job_name: str, key: str) -> str | None:
+    """The running or succeeded job of this name with this key, if any."""
+    found: str | None = connection.execute(
+        select(jobs.c.id).where(
+            jobs.c.name == job_name, jobs.c.job_key == key, jobs.c.status.in_(LIVE_KEY_STATUSES)
+        )
+    ).scalar()
+    return found
+
+
+def _insert_keyed(connection: Connection, row: dict[str, Any]) -> str | None:
+    """Insert the keyed job unless a live job holds its key; returns that job's id if one does.
+
+    The unique index is what decides: on PostgreSQL a second insert of the key waits for the
+    first's transaction and then does nothing; on SQLite writers take turns. A holder that
+    stopped holding the key between our insert and our look (it failed) lets us try again.
+    """
+    statement = (
+        dialect_insert(connection.dialect.name, jobs)
+        .values(row)
+        .on_conflict_do_nothing(index_elements=["name", "job_key"], index_where=LIVE_KEY_WHERE)
+        .returning(jobs.c.id)
+    )
+    for _ in range(_KEY_ATTEMPTS):
+        if connection.execute(statement).first() is not None:
+            return None
+        holder = _key_holder(connection, row["name"], row["job_key"])
+        if holder is not None:
+            return holder
+    raise JobStateError(f"key {shown(row['job_key'])} of {row['name']} keeps changing hands")
+
+
 def retry(ctx: JobContext, job_id: str, publish: Publish) -> list[int]:
     """Publish again the chunks of a job that are not done; returns their indexes."""
     ensure_schema(ctx.engine)
-    with write_transaction(ctx.engine) as connection:
-        locked = lock_job(connection, job_id)
-        move_chunks(connection, locked, FAILED, PENDING)
-        move_chunks(connection, locked, CANCELLED, PENDING)
-        if locked.status != RUNNING:
-            # A job that may not run again raises here, which rolls the chunk moves back.
-            locked = move_job(connection, locked, RUNNING, "there is nothing to retry", error=None)
-        indexes = _pending(connection, locked)
-        settle(connection, locked)
+    try:
+        with write_transaction(ctx.engine) as connection:
+            locked = lock_job(connection, job_id)
+            move_chunks(connection, locked, FAILED, PENDING)
+            move_chunks(connection, locked, CANCELLED, PENDING)
+            if locked.status != RUNNING:
+                _check_key_free(connection, job_id)
+                # A job that may not run again raises here, which rolls the chunk moves back.
+                locked = move_job(
+                    connection, locked, RUNNING, "there is nothing to retry", error=None
+                )
+            indexes = _pending(connection, locked)
+            settle(connection, locked)
+    except IntegrityError:
+        # A submit with the job's key started a job at the same moment (the unique index).
+        with read_transaction(ctx.engine) as connection:
+            _check_key_free(connection, job_id)
+        raise
     if indexes:
         _publish_or_fail(ctx, job_id, indexes, publish)
     return indexes
+
+
+def _check_key_free(connection: Connection, job_id: str) -> None:
+    """A failed or cancelled job whose key a newer job holds may not run again."""
+    job = connection.execute(
+        select(jobs.c.name, jobs.c.status, jobs.c.job_key).where(jobs.c.id == job_id)
+    ).first()
+    if job is None or job.job_key is None:
+        return
+    holder = _key_holder(connection, job.name, job.job_key)
+    if holder is not None and holder != job_id:
+        raise JobStateError(
+            f"job {job_id} is {job.status}; its key {shown(job.job_key)} now belongs to the "
+            f"newer job {holder}, so it is not run again"
+        )
 
 
 def cancel(ctx: JobContext, job_id: str) -> JobView:

@@ -10,9 +10,10 @@ failures, retries and cancels can make them drift.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, insert, select, update
 
 from batchapp.jobs import get_job
 from batchapp.jobs.base import JSON, ChunkOutcome, utcnow
@@ -28,7 +29,7 @@ from batchapp.ledger.states import (
     UnknownJobError,
     check_job_move,
 )
-from batchapp.storage.tables import chunks, jobs
+from batchapp.storage.tables import chunks, executions, jobs
 
 ERROR_KEEP = 2000
 
@@ -131,12 +132,84 @@ def move_job(
     check_job_move(job.id, job.status, new, what)
     now = utcnow()
     finished = new in FINISHED
-    values |= derive(connection, job.id).job_values()
+    counts = derive(connection, job.id)
+    values |= counts.job_values()
     values |= {"status": new, "updated_at": now, "finished_at": now if finished else None}
+    if new == RUNNING:
+        # Before the update: a job from before executions has its first run read from its row.
+        start_execution(connection, job.id, "retry", now)
     connection.execute(update(jobs).where(jobs.c.id == job.id).values(values))
     if finished:
         locks.release(connection, job.id)
+        end_execution(connection, job.id, new, values.get("error"), counts.done, counts.failed, now)
     return LockedJob(job.id, job.name, job.params, new, job.chunks_total, job.exclusive)
+
+
+def start_execution(connection: Connection, job_id: str, started_by: str, now: datetime) -> int:
+    """Record that a run of the job starts (at submit, or a retry's move to running), in the
+    transaction that sets it running; returns its number, from 1.
+
+    A job recorded before executions existed gets its first run written from its row first.
+    """
+    last = connection.execute(
+        select(func.max(executions.c.number)).where(executions.c.job_id == job_id)
+    ).scalar()
+    if last is None and started_by != "submit":
+        earlier = connection.execute(select(jobs).where(jobs.c.id == job_id)).one()
+        connection.execute(
+            insert(executions).values(
+                job_id=job_id,
+                number=1,
+                started_by="submit",
+                started_at=earlier.created_at,
+                finished_at=earlier.finished_at or earlier.updated_at,
+                outcome=earlier.status,
+                chunks_done=earlier.chunks_done,
+                chunks_failed=earlier.chunks_failed,
+                error=earlier.error,
+            )
+        )
+        last = 1
+    number = (last or 0) + 1
+    connection.execute(
+        insert(executions).values(
+            job_id=job_id, number=number, started_by=started_by, started_at=now
+        )
+    )
+    return number
+
+
+def end_execution(
+    connection: Connection,
+    job_id: str,
+    outcome: str,
+    error: str | None,
+    done_now: int,
+    failed_now: int,
+    now: datetime,
+) -> None:
+    """Close the job's open run with how it ended, in the transaction that finishes the job.
+
+    Its chunks are those that finished during it: a failed chunk is always this run's (a retry
+    sets failed chunks pending before its run starts), and a done chunk is this run's unless an
+    earlier run counted it (a done chunk never changes again).
+    """
+    done_before = connection.execute(
+        select(func.coalesce(func.sum(executions.c.chunks_done), 0)).where(
+            executions.c.job_id == job_id, executions.c.finished_at.is_not(None)
+        )
+    ).scalar_one()
+    connection.execute(
+        update(executions)
+        .where(executions.c.job_id == job_id, executions.c.finished_at.is_(None))
+        .values(
+            finished_at=now,
+            outcome=outcome,
+            error=error,
+            chunks_done=done_now - done_before,
+            chunks_failed=failed_now,
+        )
+    )
 
 
 def settle(connection: Connection, job: LockedJob) -> LockedJob:

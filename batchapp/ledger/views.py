@@ -22,6 +22,7 @@ from batchapp.ledger.states import (
 )
 from batchapp.storage.engines import read_transaction, watch_changes
 from batchapp.storage.tables import chunks, ensure_schema, jobs
+from batchapp.storage.tables import executions as executions_table
 
 FIRST_POLL_S = 0.0005
 MAX_POLL_S = 0.2
@@ -49,6 +50,10 @@ class JobView:
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+    # What the submitter named the job with (``submit --key``), per job name.
+    key: str | None = None
+    # True only in what a keyed submit returns when the key's job already existed.
+    existing: bool = False
 
     @property
     def finished(self) -> bool:
@@ -64,10 +69,63 @@ class JobView:
     @classmethod
     def from_row(cls, connection: Connection, row: Row[Any]) -> JobView:
         """The job's row; a running job's counts are derived from its chunks as they are now."""
-        fields = {name: getattr(row, name) for name in cls.__dataclass_fields__}
+        names = [name for name in cls.__dataclass_fields__ if name not in ("key", "existing")]
+        fields = {name: getattr(row, name) for name in names}
+        fields["key"] = row.job_key
         if row.status == RUNNING:
             fields |= counts.derive(connection, row.id).job_values()
         return cls(**fields)
+
+
+@dataclass(frozen=True)
+class ExecutionView:
+    """One run of a job: its submit, or a retry that set it running again."""
+
+    number: int
+    started_by: str
+    started_at: datetime
+    finished_at: datetime | None
+    # The job's status when the run ended; "running" while it goes.
+    outcome: str
+    # Chunks that finished during this run.
+    chunks_done: int
+    chunks_failed: int
+    error: str | None
+
+
+def executions(ctx: JobContext, job_id: str) -> list[ExecutionView]:
+    """The job's runs, first first; :class:`UnknownJobError` if there is no such job. The run
+    still going counts its chunks as they are now."""
+    ensure_schema(ctx.engine)
+    with read_transaction(ctx.engine) as connection:
+        view(connection, job_id)
+        rows = connection.execute(
+            select(executions_table)
+            .where(executions_table.c.job_id == job_id)
+            .order_by(executions_table.c.number)
+        ).all()
+        runs = []
+        done_before = 0
+        for row in rows:
+            if row.finished_at is None:
+                now = counts.derive(connection, job_id)
+                done, failed, outcome = now.done - done_before, now.failed, RUNNING
+            else:
+                done, failed, outcome = row.chunks_done or 0, row.chunks_failed or 0, row.outcome
+            done_before += done
+            runs.append(
+                ExecutionView(
+                    row.number,
+                    row.started_by,
+                    row.started_at,
+                    row.finished_at,
+                    outcome,
+                    done,
+                    failed,
+                    row.error,
+                )
+            )
+        return runs
 
 
 def view(connection: Connection, job_id: str) -> JobView:

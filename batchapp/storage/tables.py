@@ -62,6 +62,12 @@ class ExactJSON(TypeDecorator[Any]):
 
 metadata = MetaData()
 
+KEY_MAX_CHARS = 200
+# The job states that hold a key (batchapp/ledger/states.py: RUNNING, SUCCEEDED); literal here
+# so the index's predicate is a constant both databases accept, and ON CONFLICT can name it.
+LIVE_KEY_STATUSES = ("running", "succeeded")
+LIVE_KEY_WHERE = text("status IN ('running', 'succeeded') AND job_key IS NOT NULL")
+
 jobs = Table(
     "batch_jobs",
     metadata,
@@ -83,10 +89,40 @@ jobs = Table(
     Column("created_at", DateTime, nullable=False),
     Column("updated_at", DateTime, nullable=False),
     Column("finished_at", DateTime),
+    # The submitter's key (``submit --key``), per job name: see LIVE_KEY_STATUSES below.
+    Column("job_key", String(KEY_MAX_CHARS)),
     Index("ix_batch_jobs_created_at", "created_at"),
     Index("ix_batch_jobs_name_status", "name", "status"),
     # The reconciler looks for running jobs that stopped changing.
     Index("ix_batch_jobs_status_updated_at", "status", "updated_at"),
+    # At most one running or succeeded job per job name and key, whatever the interleaving:
+    # a second submit with the key finds it, a retry that would make a second live job fails.
+    Index(
+        "ux_batch_jobs_name_key_live",
+        "name",
+        "job_key",
+        unique=True,
+        sqlite_where=LIVE_KEY_WHERE,
+        postgresql_where=LIVE_KEY_WHERE,
+    ),
+)
+
+executions = Table(
+    "batch_executions",
+    metadata,
+    # One row per run of a job: its submit, then each retry that set it running again.
+    Column("job_id", String(32), primary_key=True),
+    Column("number", Integer, primary_key=True),
+    # "submit" or "retry".
+    Column("started_by", String(16), nullable=False),
+    Column("started_at", DateTime, nullable=False),
+    # Set, with the rest, by the transition that ends the run (NULL: still running).
+    Column("finished_at", DateTime),
+    # The job's status when the run ended (succeeded, failed, cancelled, skipped).
+    Column("outcome", String(16)),
+    Column("chunks_done", Integer),
+    Column("chunks_failed", Integer),
+    Column("error", Text),
 )
 
 chunks = Table(

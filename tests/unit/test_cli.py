@@ -220,3 +220,81 @@ def test_sample_csv_overwrites_only_its_own_files_unless_forced() -> None:
     assert database.exit_code == 1
     assert "is an SQLite database; it is never overwritten" in database.stderr
     assert other_db.read_bytes().startswith(b"SQLite format 3\x00")
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("", "Error: key must be 1 to 200 characters, got 0"),
+        ("k" * 300, "Error: key must be 1 to 200 characters, got 300"),
+        ("a\tb", "Error: key must be printable, with no space at either end, got 'a\\tb'"),
+    ],
+)
+def test_a_bad_key_is_one_line(cli_env: dict[str, str], key: str, message: str) -> None:
+    done = run_cli("submit", "parallel_sum", "n=0", "--key", key, env=cli_env)
+
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [message]
+
+
+def test_submit_with_a_key_twice_returns_the_first_job(cli_env: dict[str, str]) -> None:
+    # n=0 plans no chunk, so nothing is published: the job succeeds at submit.
+    first = json.loads(
+        run_cli("submit", "parallel_sum", "n=0", "--key", "day 1", "--json", env=cli_env).stdout
+    )
+    again = json.loads(
+        run_cli("submit", "parallel_sum", "n=0", "--key", "day 1", "--json", env=cli_env).stdout
+    )
+    text = run_cli("submit", "parallel_sum", "n=0", "--key", "day 1", env=cli_env)
+
+    assert (first["key"], first["existing"], first["status"]) == ("day 1", False, "succeeded")
+    assert (again["id"], again["key"], again["existing"]) == (first["id"], "day 1", True)
+    assert text.stdout.splitlines()[:2] == [
+        f"job {first['id']} already succeeded with key day 1",
+        f"job {first['id']}  parallel_sum  succeeded",
+    ]
+    assert "  key      day 1" in text.stdout
+
+
+def test_status_shows_each_execution_after_a_failed_chunk_and_a_retry(
+    cli_env: dict[str, str],
+) -> None:
+    from batchapp import ledger
+    from batchapp.jobs import JobContext
+    from batchapp.settings import load
+
+    settings = load({**cli_env})
+    ctx = JobContext(settings=settings, engine=engine_for(settings.database_url))
+    view = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, lambda *_: None)
+    ledger.run_chunk(ctx, view.id, 0)
+    ledger.record_chunk_failure(ctx, view.id, 1, "disk on fire")
+    ledger.retry(ctx, view.id, lambda *_: None)
+
+    running = json.loads(run_cli("status", view.id, "--json", env=cli_env).stdout)
+    ledger.run_chunk(ctx, view.id, 1)
+    done = json.loads(run_cli("status", view.id, "--json", env=cli_env).stdout)
+    text = run_cli("status", view.id, env=cli_env).stdout
+
+    assert [(e["number"], e["outcome"]) for e in running["executions"]] == [
+        (1, "failed"),
+        (2, "running"),
+    ]
+    first, second = done["executions"]
+    assert first["started_by"] == "submit" and second["started_by"] == "retry"
+    assert (first["outcome"], first["chunks"], first["error"]) == (
+        "failed",
+        {"done": 1, "failed": 1},
+        "1 chunk(s) failed; chunk 1: disk on fire",
+    )
+    assert (second["outcome"], second["chunks"], second["error"]) == (
+        "succeeded",
+        {"done": 1, "failed": 0},
+        None,
+    )
+    assert (
+        second["finished_at"] == done["finished_at"] and first["started_at"] == done["created_at"]
+    )
+    lines = text.splitlines()
+    runs = lines[lines.index("executions:") + 1 :]
+    assert runs[0].split()[:6] == ["#1", "submit", "failed", "1", "done,", "1"]
+    assert runs[1].split()[:6] == ["#2", "retry", "succeeded", "1", "done,", "0"]

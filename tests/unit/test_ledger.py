@@ -7,6 +7,7 @@ so a time computed by the database instead of in UTC would show).
 from __future__ import annotations
 
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,8 @@ from batchapp.settings import load
 from batchapp.storage.engines import engine_for
 from batchapp.storage.tables import (
     chunks,
+    ensure_schema,
+    executions,
     jobs,
     locks,
     sales,
@@ -747,3 +750,140 @@ def test_the_ledger_does_not_import_celery() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert done.stdout.strip() == "[]"
+
+
+def test_a_keyed_submit_returns_the_running_or_succeeded_job_with_its_key(
+    ctx: JobContext,
+) -> None:
+    publish = Published()
+    first = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, publish, key="d-1")
+    again = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, publish, key="d-1")
+    assert (first.key, first.existing, again.id, again.existing) == ("d-1", False, first.id, True)
+    assert publish.calls == [(first.id, [0, 1])]
+
+    run_all(ctx, first.id, [0, 1])
+    done = ledger.submit(ctx, "parallel_sum", {"n": 5}, publish, key="d-1")
+    assert (done.id, done.status, done.existing) == (first.id, "succeeded", True)
+    # Keys are per job name; a job without a key is never matched.
+    other = ledger.submit(ctx, "report", {}, publish, key="d-1")
+    plain = ledger.submit(ctx, "parallel_sum", {"n": 5}, publish)
+    assert len({first.id, other.id, plain.id}) == 3
+    assert (other.existing, plain.key) == (False, None)
+
+
+def test_a_key_whose_job_failed_or_was_cancelled_starts_a_new_job(ctx: JobContext) -> None:
+    failed = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, Published(), key="k")
+    ledger.run_chunk(ctx, failed.id, 0)
+    ledger.record_chunk_failure(ctx, failed.id, 1, "boom")
+
+    newer = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, Published(), key="k")
+    assert (newer.id != failed.id, newer.existing, newer.status) == (True, False, "running")
+    # The failed job may not run beside the job that now holds its key...
+    with pytest.raises(ledger.JobStateError, match=f"now belongs to the newer job {newer.id}"):
+        ledger.retry(ctx, failed.id, Published())
+    assert ledger.get(ctx, failed.id).status == "failed"
+    # ...but once that one is cancelled, the key is free and the older job may be retried.
+    ledger.cancel(ctx, newer.id)
+    assert ledger.retry(ctx, failed.id, Published()) == [1]
+    assert ledger.submit(ctx, "parallel_sum", {"n": 1}, Published(), key="k").id == failed.id
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("", "key must be 1 to 200 characters, got 0"),
+        ("x" * 201, "key must be 1 to 200 characters, got 201"),
+        ("a\nb", "key must be printable, with no space at either end, got 'a\\nb'"),
+        (" a", "key must be printable, with no space at either end, got ' a'"),
+        (5, "key must be a string, got int"),
+    ],
+)
+def test_bad_keys_are_refused(ctx: JobContext, key: object, message: str) -> None:
+    with pytest.raises(ParamError, match=re.escape(message)):
+        ledger.submit(ctx, "parallel_sum", {"n": 1}, Published(), key=key)  # type: ignore[arg-type]
+
+
+def test_two_submits_with_one_key_at_once_create_one_job(ctx: JobContext) -> None:
+    ensure_schema(ctx.engine)
+    first_publish, second_publish = Published(), Published()
+
+    results = Interleaving(ctx.engine).run(
+        lambda: ledger.submit(ctx, "parallel_sum", {"n": 10}, first_publish, key="same"),
+        lambda: ledger.submit(ctx, "parallel_sum", {"n": 10}, second_publish, key="same"),
+    )
+
+    first, second = results["first"], results["second"]
+    assert (second.id, first.existing, second.existing) == (first.id, False, True)
+    assert (len(first_publish.calls), second_publish.calls) == (1, [])
+    with ctx.engine.connect() as connection:
+        keyed = select(func.count()).select_from(jobs).where(jobs.c.job_key == "same")
+        assert connection.execute(keyed).scalar() == 1
+
+
+def test_a_retry_racing_a_submit_with_the_jobs_key_is_refused(ctx: JobContext) -> None:
+    failed = ledger.submit(ctx, "parallel_sum", {"n": 10}, Published(), key="race")
+    ledger.record_chunk_failure(ctx, failed.id, 0, "boom")
+
+    # On PostgreSQL the retry passes its own check, then the unique index stops it.
+    with pytest.raises(ledger.JobStateError, match="now belongs to the newer job"):
+        Interleaving(ctx.engine).run(
+            lambda: ledger.submit(ctx, "parallel_sum", {"n": 10}, Published(), key="race"),
+            lambda: ledger.retry(ctx, failed.id, Published()),
+        )
+    assert ledger.get(ctx, failed.id).status == "failed"
+    [newer] = [v for v in ledger.recent(ctx) if v.id != failed.id]
+    assert (newer.key, newer.status) == ("race", "running")
+
+
+def test_each_run_of_a_job_is_an_execution_with_its_own_chunks(ctx: JobContext) -> None:
+    view = ledger.submit(ctx, "parallel_sum", {"n": 30, "chunk_size": 10}, Published())
+    ledger.run_chunk(ctx, view.id, 0)
+    [running] = ledger.executions(ctx, view.id)
+    assert (running.number, running.started_by, running.outcome) == (1, "submit", "running")
+    assert (running.chunks_done, running.chunks_failed, running.finished_at) == (1, 0, None)
+
+    ledger.record_chunk_failure(ctx, view.id, 1, "boom")
+    ledger.record_chunk_failure(ctx, view.id, 2, "bang")
+    ledger.retry(ctx, view.id, Published())
+    ledger.run_chunk(ctx, view.id, 1)
+    ledger.cancel(ctx, view.id)
+    ledger.retry(ctx, view.id, Published())
+    ledger.run_chunk(ctx, view.id, 2)
+
+    runs = ledger.executions(ctx, view.id)
+    assert [(r.number, r.started_by, r.outcome, r.chunks_done, r.chunks_failed) for r in runs] == [
+        (1, "submit", "failed", 1, 2),
+        (2, "retry", "cancelled", 1, 0),
+        (3, "retry", "succeeded", 1, 0),
+    ]
+    assert runs[0].error == "2 chunk(s) failed; chunk 1: boom"
+    assert all(r.finished_at is not None and r.finished_at >= r.started_at for r in runs)
+    assert runs[2].finished_at == ledger.get(ctx, view.id).finished_at
+
+
+def test_a_skipped_periodic_run_is_one_execution_that_never_ran(ctx: JobContext) -> None:
+    ledger.submit(ctx, "report", {}, Published(), exclusive=True)
+    skipped = ledger.submit(ctx, "report", {}, Published(), exclusive=True)
+
+    [run] = ledger.executions(ctx, skipped.id)
+    assert (run.outcome, run.chunks_done, run.finished_at) == ("skipped", 0, skipped.finished_at)
+
+
+def test_a_job_from_before_executions_gets_its_first_run_written_at_retry(
+    ctx: JobContext,
+) -> None:
+    view = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, Published())
+    ledger.run_chunk(ctx, view.id, 0)
+    ledger.record_chunk_failure(ctx, view.id, 1, "boom")
+    with ctx.engine.begin() as connection:
+        connection.execute(executions.delete().where(executions.c.job_id == view.id))
+    assert ledger.executions(ctx, view.id) == []
+
+    ledger.retry(ctx, view.id, Published())
+    ledger.run_chunk(ctx, view.id, 1)
+
+    runs = ledger.executions(ctx, view.id)
+    assert [(r.number, r.started_by, r.outcome, r.chunks_done, r.chunks_failed) for r in runs] == [
+        (1, "submit", "failed", 1, 1),
+        (2, "retry", "succeeded", 1, 0),
+    ]

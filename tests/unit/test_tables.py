@@ -73,3 +73,18 @@ def test_integers_past_64_bits_come_back_exact_from_an_older_json_column(
 
     assert stored == 2**70 + 1
     assert isinstance(stored, int)
+
+
+def test_an_older_ledger_gains_job_keys_and_executions_in_place(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.sqlite'}")
+    configure_engine(engine)
+    with engine.begin() as connection:
+        connection.execute(text(OLDER_BATCH_JOBS))
+    ensure_schema(engine)
+
+    inspector = inspect(engine)
+    columns = {c["name"] for c in inspector.get_columns("batch_jobs")}
+    unique = {i["name"]: i["unique"] for i in inspector.get_indexes("batch_jobs")}
+    assert "job_key" in columns
+    assert unique["ux_batch_jobs_name_key_live"]
+    assert "batch_executions" in inspector.get_table_names()
