@@ -10,7 +10,15 @@ from sqlalchemy import Connection, DateTime, delete, func, insert, literal, sele
 
 from batchapp.broker import queues
 from batchapp.jobs.base import JSON, Chunk, ChunkOutcome, Job, JobContext, check_keys, utcnow
-from batchapp.storage.tables import chunks, jobs, locks, sales, sales_daily, sales_rejects
+from batchapp.storage.tables import (
+    chunks,
+    executions,
+    jobs,
+    locks,
+    sales,
+    sales_daily,
+    sales_rejects,
+)
 
 
 class _SingleChunk(Job):
@@ -68,6 +76,7 @@ class Cleanup(_SingleChunk):
         cutoff = now - timedelta(days=ctx.settings.ledger_retention_days)
         old = select(jobs.c.id).where(jobs.c.finished_at < cutoff).scalar_subquery()
         connection.execute(delete(chunks).where(chunks.c.job_id.in_(old)))
+        connection.execute(delete(executions).where(executions.c.job_id.in_(old)))
         connection.execute(delete(sales_rejects).where(sales_rejects.c.job_id.in_(old)))
         removed = connection.execute(delete(jobs).where(jobs.c.finished_at < cutoff)).rowcount
         connection.execute(delete(locks).where(locks.c.expires_at < now))

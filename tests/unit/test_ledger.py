@@ -281,7 +281,7 @@ def test_report_totals_sales_per_seoul_day_and_store(ctx: JobContext) -> None:
 def test_cleanup_removes_jobs_past_retention_and_expires_results(ctx: JobContext) -> None:
     from sqlalchemy import update
 
-    from batchapp.storage.tables import chunks, jobs
+    from batchapp.storage.tables import chunks, executions, jobs
 
     expired: list[bool] = []
     ctx = replace(ctx, expire_results=lambda: expired.append(True))
@@ -302,7 +302,11 @@ def test_cleanup_removes_jobs_past_retention_and_expires_results(ctx: JobContext
         ledger.get(ctx, old.id)
     with ctx.engine.connect() as connection:
         left = connection.execute(select(func.count()).where(chunks.c.job_id == old.id)).scalar()
+        runs = connection.execute(
+            select(func.count()).where(executions.c.job_id.in_([old.id, recent.id]))
+        ).scalar()
     assert left == 0
+    assert runs == 1, "the removed job's executions go with it; the recent job's stay"
     assert ledger.get(ctx, recent.id).status == "succeeded"
     assert ledger.get(ctx, cleanup.id).result == {"jobs_removed": 1}
     assert expired == [True]
