@@ -8,22 +8,15 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from kombu.entity import Queue
-
 from batchapp.broker.publishing import bounded
+from batchapp.broker.queues import DEAD
+from batchapp.broker.routing import DEAD_LETTER_MAX_LENGTH, dead_letter_queue
 
-DEAD_LETTER_QUEUE = "batchapp.dead"
-# A flood of bad messages must not fill the broker's disk: past this, the oldest go first.
-DEAD_LETTER_MAX_LENGTH = 100_000
+__all__ = ["DEAD_LETTER_MAX_LENGTH", "DEAD_LETTER_QUEUE", "dead_letter_queue", "peek", "purge"]
+
+DEAD_LETTER_QUEUE = DEAD
 REASON_HEADER = "x-batchapp-rejected"
 QUEUE_HEADER = "x-batchapp-queue"
-
-dead_letter_queue = Queue(
-    DEAD_LETTER_QUEUE,
-    routing_key=DEAD_LETTER_QUEUE,
-    durable=True,
-    queue_arguments={"x-max-length": DEAD_LETTER_MAX_LENGTH},
-)
 
 
 @dataclass(frozen=True)
