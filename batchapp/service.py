@@ -19,6 +19,7 @@ from batchapp.beat import leases
 from batchapp.beat.scheduler import LEASE
 from batchapp.broker import dead_letters
 from batchapp.broker.dead_letters import DEAD_LETTER_QUEUE, DeadLetter
+from batchapp.broker.dead_letters import REASONS as DEAD_LETTER_REASONS
 from batchapp.celery import app, settings
 from batchapp.ledger import FAILED, SUCCEEDED, JobView
 from batchapp.runtime import job_context
@@ -27,6 +28,7 @@ from batchapp.tasks import chunk_queue, retry_job, run_chunk, submit_job
 
 __all__ = [
     "DEAD_LETTER_QUEUE",
+    "DEAD_LETTER_REASONS",
     "FAILED",
     "SUCCEEDED",
     "DeadLetter",
