@@ -6,36 +6,21 @@ into ``batchapp.dead`` (routing.py). The reject is one frame with no reply: the 
 loop neither publishes nor waits on a bad message, so a flood of them does not hold up the good
 ones behind it. The worker serves on.
 
-It fails over between the nodes of a cluster. With quorum queues Celery adds a
-``DelayedDelivery`` step that runs each time the consumer (re)connects, before any message is
-consumed, and declares the delayed delivery queues through every URL of a ``;``-separated
-failover list, retrying each URL that does not answer for 1 + 3 + 5 s: when a cluster node
-stopped, the worker had already failed over but consumed nothing for 17 s. Cluster members share
-exchanges, queues and bindings, so batchapp's step declares them once, through the connection the
-consumer has; after a failover the step runs again there. And a recoverable channel error while
-(re)connecting is retried, an irrecoverable one is not: right after a failover the node the
-worker left may still hold its exclusive control queue for a moment (RESOURCE_LOCKED, which ended
-the worker), while a queue declared with other arguments (PRECONDITION_FAILED) still stops the
-worker with the reason.
+Celery calls none of this by itself: :mod:`batchapp.internals.consumer` wires
+:func:`on_task_message` into Celery's consumer (``worker_consumer``) through Celery's private
+hooks, which all live there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from functools import partial
-from typing import Any, ClassVar
+from typing import Any
 
-from amqp.exceptions import RecoverableChannelError
 from celery.exceptions import NotRegistered
 from celery.utils.log import get_logger
-from celery.worker.consumer import Consumer as CeleryConsumer
-from celery.worker.consumer.delayed_delivery import DelayedDelivery
 
 from batchapp.broker import guard
 from batchapp.broker.queues import DEAD
-from batchapp.settings import mask_url
-
-CELERY_STEP = "celery.worker.consumer.delayed_delivery:DelayedDelivery"
 
 logger = get_logger(__name__)
 
@@ -110,45 +95,3 @@ def _fail_unknown_task(app: Any, headers: Any, served: frozenset[str]) -> None:
         app.backend.mark_as_failure(task_id, NotRegistered(task[:200]))
     except Exception as exc:
         logger.error("Cannot record NotRegistered for task %.100r: %s", task_id, exc)
-
-
-class DelayedDeliveryOnLiveBroker(DelayedDelivery):  # type: ignore[misc]
-    """Celery's delayed delivery set-up, through the broker the consumer is connected to."""
-
-    def start(self, c: Any) -> None:
-        self._validate_configuration(c.app)
-        url = c.connection.as_uri(include_password=True)
-        # A connection error propagates: the consumer reconnects (failing over) and runs this
-        # step again there. Anything else is logged, as Celery's own step does.
-        try:
-            self._setup_delayed_delivery(c, url)
-        except c.connection_errors:
-            raise
-        except Exception as exc:
-            logger.critical("Failed to set up delayed delivery on %s: %s", mask_url(url), exc)
-
-
-class Consumer(CeleryConsumer):  # type: ignore[misc]
-    """Celery's consumer: messages checked first, delayed delivery on the live broker only,
-    and only recoverable channel errors retried (with ``broker_channel_error_retry``)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # Celery retries these (and connection errors) when a (re)connect fails.
-        self.channel_errors = (RecoverableChannelError,)
-
-    class Blueprint(CeleryConsumer.Blueprint):  # type: ignore[misc]
-        default_steps: ClassVar[list[str]] = [
-            "batchapp.broker.consumer:DelayedDeliveryOnLiveBroker" if step == CELERY_STEP else step
-            for step in CeleryConsumer.Blueprint.default_steps
-        ]
-
-    def create_task_handler(self, *args: Any, **kwargs: Any) -> Callable[[Any], None]:
-        handle = super().create_task_handler(*args, **kwargs)
-        return partial(
-            on_task_message,
-            handle,
-            served_tasks(self.app.tasks),
-            self.app,
-            tuple(self.connection_errors),
-        )
