@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from kombu import Connection, Producer
 
 from batchapp.broker import guard, queues
-from batchapp.broker.dead_letters import DEAD_LETTER_QUEUE, dead_letter_queue
+from batchapp.broker.dead_letters import DEAD_LETTER_QUEUE, dead_letter_queue_of
 from batchapp.celery import app
 from batchapp.cli import processes
 from batchapp.tasks import calculate_sum, run_chunk
@@ -314,8 +314,8 @@ def worker(stack: Stack) -> Iterator[processes.CeleryProcess]:
     process.wait_ready()
     with app.connection_for_write() as connection:
         # The worker declared it (before its task queues): a passive declare would fail if not.
-        dead_letter_queue(connection.default_channel).queue_declare(passive=True)
-        dead_letter_queue(connection.default_channel).purge()
+        dead_letter_queue_of(app)(connection.default_channel).queue_declare(passive=True)
+        dead_letter_queue_of(app)(connection.default_channel).purge()
     yield process
 
 
@@ -548,7 +548,7 @@ def test_a_message_rejected_on_a_new_broker_lands_in_the_dead_letter_queue(
 def test_a_dead_letter_keeps_the_message_and_says_why(worker: processes.CeleryProcess) -> None:
     headers = task_headers("celery.group")
     with app.connection_for_write() as connection:
-        dead_letter_queue(connection.default_channel).purge()
+        dead_letter_queue_of(app)(connection.default_channel).purge()
         publish(
             Producer(connection.default_channel),
             queues.CHUNKS,
@@ -557,7 +557,7 @@ def test_a_dead_letter_keeps_the_message_and_says_why(worker: processes.CeleryPr
         deadline = time.monotonic() + RESULT_TIMEOUT
         message = None
         while message is None and time.monotonic() < deadline:
-            message = dead_letter_queue(connection.default_channel).get(no_ack=True)
+            message = dead_letter_queue_of(app)(connection.default_channel).get(no_ack=True)
             time.sleep(0.05)
     assert message is not None
     assert json.loads(message.body) == json.loads(task_body())

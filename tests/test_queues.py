@@ -128,7 +128,7 @@ def test_a_message_past_the_delivery_limit_is_dead_lettered() -> None:
             if message is not None:
                 deliveries += 1
                 message.reject(requeue=True)
-        dead = routing.dead_letter_queue(channel)
+        dead = routing.dead_letter_queue(load().queue_type)(channel)
         while (letter := dead.get(no_ack=True)) is None:
             assert time.monotonic() < deadline, "not dead-lettered"
             time.sleep(0.05)

@@ -17,6 +17,7 @@ from typing import Any
 from batchapp.broker.publishing import bounded
 from batchapp.broker.queues import DEAD
 from batchapp.broker.routing import DEAD_LETTER_MAX_LENGTH, dead_letter_queue
+from batchapp.broker.routing import TaskQueue as _TaskQueue
 
 __all__ = [
     "DEAD_LETTER_MAX_LENGTH",
@@ -24,6 +25,7 @@ __all__ = [
     "REASONS",
     "DeadLetter",
     "dead_letter_queue",
+    "dead_letter_queue_of",
     "peek",
     "purge",
 ]
@@ -50,12 +52,20 @@ class DeadLetter:
         return asdict(self)
 
 
+def dead_letter_queue_of(app: Any) -> Any:
+    """``batchapp.dead`` as ``app``'s task queues declare it (its type follows theirs)."""
+    for queue in app.amqp.queues.values():
+        if isinstance(queue, _TaskQueue):
+            return queue.dead_letters()
+    return dead_letter_queue(app.conf.task_default_queue_type or "classic")
+
+
 def peek(app: Any, limit: int, timeout: float) -> tuple[int, list[DeadLetter]]:
     """How many messages the dead-letter queue holds, and the oldest ``limit`` of them (they
     stay queued)."""
     with app.connection_for_write() as connection, bounded(connection, timeout):
         channel = connection.channel()
-        queue = dead_letter_queue(channel)
+        queue = dead_letter_queue_of(app)(channel)
         _, count, _ = queue.queue_declare()
         letters: list[DeadLetter] = []
         while len(letters) < limit and (message := queue.get(no_ack=False)) is not None:
@@ -69,7 +79,7 @@ def purge(app: Any, timeout: float) -> int:
     """Delete every message in the dead-letter queue; returns how many there were."""
     with app.connection_for_write() as connection, bounded(connection, timeout):
         channel = connection.channel()
-        queue = dead_letter_queue(channel)
+        queue = dead_letter_queue_of(app)(channel)
         queue.declare()
         purged = int(queue.purge() or 0)
         channel.close()

@@ -15,7 +15,7 @@ one running chunk, never for a backlog, because three things hold together:
   the first process that frees up, ahead of any chunk delivered after it.
 - ``task_acks_late`` keeps the chunk consumer's share equal to the chunks actually running.
 
-Every task queue dead-letters into ``batchapp.dead`` (:data:`dead_letter_queue`) through the
+Every task queue dead-letters into ``batchapp.dead`` (:func:`dead_letter_queue`) through the
 default exchange: what a worker rejects (``basic.reject``, ``requeue=False``) and, on quorum
 queues, a message returned more often than ``x-delivery-limit``. The default exchange exists on
 every vhost and routes by queue name with no binding to declare or lose, so the only thing that
@@ -54,24 +54,31 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
 # A flood of bad messages must not fill the broker's disk: past this, the oldest go first.
 DEAD_LETTER_MAX_LENGTH = 100_000
 
-# Classic whatever BATCHAPP_QUEUE_TYPE says: a queue's type cannot change once declared, and
-# batchapp.dead predates dead-lettering through RabbitMQ (a worker used to publish into it).
-dead_letter_queue = Queue(
-    DEAD,
-    routing_key=DEAD,
-    durable=True,
-    queue_arguments={"x-max-length": DEAD_LETTER_MAX_LENGTH},
-)
+
+def dead_letter_queue(queue_type: str) -> Queue:
+    """``batchapp.dead``, of the task queues' type: with quorum queues it is a quorum queue too,
+    replicated like them, so losing one cluster node loses neither dead letters nor the
+    declaration every task queue makes of it first (a classic queue whose node is down cannot
+    be declared: NOT_FOUND, and the worker could not fail over)."""
+    arguments: dict[str, Any] = {"x-max-length": DEAD_LETTER_MAX_LENGTH}
+    if queue_type == "quorum":
+        arguments["x-queue-type"] = "quorum"
+    return Queue(DEAD, routing_key=DEAD, durable=True, queue_arguments=arguments)
 
 
 class TaskQueue(Queue):
-    """A task queue whose every declaration declares :data:`dead_letter_queue` first, so no
-    message can be dead-lettered before ``batchapp.dead`` exists (the default exchange drops a
-    message routed to a missing queue)."""
+    """A task queue whose every declaration declares its dead-letter queue first, so no message
+    can be dead-lettered before ``batchapp.dead`` exists (the default exchange drops a message
+    routed to a missing queue)."""
+
+    def dead_letters(self) -> Queue:
+        """This queue's dead-letter queue (of this queue's type)."""
+        arguments = getattr(self, "queue_arguments", None) or {}
+        return dead_letter_queue(str(arguments.get("x-queue-type", "classic")))
 
     def declare(self, nowait: bool = False, channel: Any = None) -> str:
         if not getattr(self, "no_declare", False):
-            dead_letter_queue.queue_declare(nowait=nowait, channel=channel or self.channel)
+            self.dead_letters().queue_declare(nowait=nowait, channel=channel or self.channel)
         return str(super().declare(nowait=nowait, channel=channel))  # type: ignore[no-untyped-call]
 
 
