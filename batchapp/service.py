@@ -21,6 +21,7 @@ from batchapp.beat import leases
 from batchapp.beat.scheduler import LEASE
 from batchapp.broker import dead_letters
 from batchapp.broker.dead_letters import DEAD_LETTER_QUEUE, DeadLetter
+from batchapp.broker.dead_letters import REASONS as DEAD_LETTER_REASONS
 from batchapp.celery import app, settings
 from batchapp.jobs import JOBS, ParamError
 from batchapp.jobs.sales_csv import (
@@ -54,6 +55,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
 
 __all__ = [
     "DEAD_LETTER_QUEUE",
+    "DEAD_LETTER_REASONS",
     "FAILED",
     "SUCCEEDED",
     "USER_ERRORS",

@@ -347,9 +347,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # redelivers them, but the ledger drops a chunk already done (calculate_sum is pure).
         # Cancelling would kill every running chunk on each blip and restart it from scratch.
         "worker_cancel_long_running_tasks_on_connection_loss": False,
-        # Celery's consumer, checking every task message before Celery reads it (a bad one goes
-        # to batchapp.dead), and failing over to another broker node without a 17 s stall.
-        "worker_consumer": "batchapp.broker.consumer:Consumer",
+        # Celery's consumer, checking every task message before Celery reads it (a bad one is
+        # rejected into batchapp.dead), and failing over to another broker node without a 17 s
+        # stall. It refuses to start if a private Celery hook it needs did not take.
+        "worker_consumer": "batchapp.internals.consumer:Consumer",
         "beat_schedule": routing.ticks_on_periodic(beat_schedule(settings.beat_interval)),
         # Any number of beats: one leads by a lease in the database, where the schedule's state
         # lives too (a shared dbm file corrupts under two beats).

@@ -14,3 +14,7 @@ PERIODIC = "batchapp.periodic"
 CHUNKS = "batchapp.chunks"
 
 ALL = (CALLS, PERIODIC, CHUNKS)
+
+# Where RabbitMQ dead-letters what a worker rejects and what passed a quorum queue's delivery
+# limit (routing.py); no worker consumes it, an operator reads it (`batchapp dead-letters`).
+DEAD = "batchapp.dead"

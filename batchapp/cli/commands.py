@@ -321,9 +321,11 @@ def dead_letters(limit: int, purge: bool, as_json: bool) -> None:
     else:
         click.echo(f"{count} dead letter(s) in {service.DEAD_LETTER_QUEUE}")
         display.table(
-            ("TASK", "ID", "FROM QUEUE", "REASON"),
-            [(m.task[:40], m.id[:36], m.queue, m.reason) for m in letters],
+            ("TASK", "ID", "FROM QUEUE", "REASON", "TIMES"),
+            [(m.task[:40], m.id[:36], m.queue, m.reason, str(m.count)) for m in letters],
         )
+        for reason in sorted({m.reason for m in letters} & service.DEAD_LETTER_REASONS.keys()):
+            click.echo(f"{reason}: {service.DEAD_LETTER_REASONS[reason]}")
 
 
 @main.command("sample-csv")

@@ -21,15 +21,15 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kombu import Producer
+from kombu import Connection, Producer
 
 from batchapp.broker import guard, queues
-from batchapp.broker.dead_letters import DEAD_LETTER_QUEUE, REASON_HEADER, dead_letter_queue
+from batchapp.broker.dead_letters import DEAD_LETTER_QUEUE, dead_letter_queue_of
 from batchapp.celery import app
 from batchapp.cli import processes
 from batchapp.tasks import calculate_sum, run_chunk
 from tests.integration.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack
-from tests.support import run_cli
+from tests.support import rabbitmq_vhost, run_cli
 from tests.unit.test_availability import SERVED, malformed_messages, task_body, task_headers
 
 # batchapp's three queues and Celery's default one, each where this configuration has it (a
@@ -56,8 +56,9 @@ def worker(stack: Stack) -> Iterator[processes.CeleryProcess]:
     stack.started.append(process)
     process.wait_ready()
     with app.connection_for_write() as connection:
-        dead_letter_queue(connection.default_channel).declare()
-        dead_letter_queue(connection.default_channel).purge()
+        # The worker declared it (before its task queues): a passive declare would fail if not.
+        dead_letter_queue_of(app)(connection.default_channel).queue_declare(passive=True)
+        dead_letter_queue_of(app)(connection.default_channel).purge()
     yield process
 
 
@@ -188,24 +189,129 @@ def test_thousands_of_malformed_messages_are_dead_lettered_and_the_worker_serves
     assert "Unrecoverable error" not in worker.log()
 
 
+FLOOD = 3000
+
+
+def flood_messages(count: int) -> Iterator[tuple[Any, bytes, Any, str]]:
+    """``count`` malformed messages of a few kinds, each one the guard refuses."""
+    no_id = task_headers()
+    del no_id["id"]
+    kinds = [
+        (task_headers(), b"not JSON", "application/json", "utf-8"),
+        (no_id, task_body(), "application/json", "utf-8"),
+        (task_headers("celery.chord_unlock"), task_body(), "application/json", "utf-8"),
+        (task_headers(), task_body(), "application/x-python-serialize", "binary"),
+        (task_headers(retries=guard.MAX_RETRIES + 1), task_body(), "application/json", "utf-8"),
+    ]
+    for index in range(count):
+        headers, body, content_type, encoding = kinds[index % len(kinds)]
+        if isinstance(headers.get("id"), str):
+            headers = {**headers, "id": f"flood-{index}"}
+        yield headers, body, content_type, encoding
+
+
+def test_calls_complete_during_a_flood_of_malformed_messages(
+    worker: processes.CeleryProcess,
+) -> None:
+    """A bad message costs the worker a reject (one frame, no reply), not a publish and a wait:
+    calls queued behind thousands of them on batchapp.calls keep completing."""
+    start = dead_letters()
+    logged = worker.log().count("into batchapp.dead:")
+    published = threading.Event()
+
+    def flood() -> None:
+        # A connection of its own without publisher confirms: as fast as the broker takes them.
+        with Connection(app.conf.broker_url) as connection:
+            producer = Producer(connection.default_channel)
+            for message in flood_messages(FLOOD):
+                publish(producer, queues.CALLS, message)
+        published.set()
+
+    def drained() -> bool:
+        return published.is_set() and dead_letters() >= start + FLOOD
+
+    flooding = threading.Thread(target=flood, daemon=True)
+    began = time.monotonic()
+    flooding.start()
+    latencies: list[float] = []
+    drained_after = None
+    deadline = began + 60
+    while drained_after is None and time.monotonic() < deadline:
+        sent = time.monotonic()
+        assert calculate_sum.delay(100).get(timeout=RESULT_TIMEOUT) == 5050
+        latencies.append(time.monotonic() - sent)
+        if drained():
+            drained_after = time.monotonic() - began
+    flooding.join(timeout=10)
+    print(
+        f"\nflood: {FLOOD:,} malformed messages on {queues.CALLS}, {len(latencies)} calls "
+        f"completed before all were in {DEAD_LETTER_QUEUE} ({drained_after} s); call latency "
+        f"max {max(latencies):.3f} s, median {sorted(latencies)[len(latencies) // 2]:.3f} s"
+    )
+
+    rejected = worker.log().count("into batchapp.dead:") - logged
+    assert drained_after is not None, (
+        f"{dead_letters() - start} of {FLOOD} dead-lettered, {rejected} rejected"
+    )
+    assert len(latencies) >= 3
+    assert dead_letters() - start == FLOOD
+    assert rejected == FLOOD
+    assert worker.popen.poll() is None
+
+
+def test_a_message_rejected_on_a_new_broker_lands_in_the_dead_letter_queue(
+    stack: Stack,
+) -> None:
+    """Nobody ran `batchapp dead-letters` on this vhost: the worker declared batchapp.dead."""
+    with rabbitmq_vhost("batchapp-dead") as broker_url:
+        process = processes.worker(
+            {**stack.env, "BATCHAPP_BROKER_URL": broker_url},
+            RUN_DATA_DIR / "logs" / f"availability-dead-{uuid.uuid4().hex[:6]}.log",
+        )
+        stack.started.append(process)
+        process.wait_ready()
+        with Connection(broker_url) as connection:
+            publish(
+                Producer(connection.default_channel),
+                queues.CALLS,
+                (task_headers(), b"not JSON", "application/json", "utf-8"),
+            )
+            deadline = time.monotonic() + RESULT_TIMEOUT
+            while (
+                queued := connection.default_channel.queue_declare(DEAD_LETTER_QUEUE, passive=True)[
+                    1
+                ]
+            ) < 1:
+                assert time.monotonic() < deadline, process.tail()
+                time.sleep(0.05)
+        process.stop()
+    assert queued == 1
+
+
 def test_a_dead_letter_keeps_the_message_and_says_why(worker: processes.CeleryProcess) -> None:
+    headers = task_headers("celery.group")
     with app.connection_for_write() as connection:
-        dead_letter_queue(connection.default_channel).purge()
+        dead_letter_queue_of(app)(connection.default_channel).purge()
         publish(
             Producer(connection.default_channel),
             queues.CHUNKS,
-            (task_headers("celery.group"), task_body(), "application/json", "utf-8"),
+            (headers, task_body(), "application/json", "utf-8"),
         )
         deadline = time.monotonic() + RESULT_TIMEOUT
         message = None
         while message is None and time.monotonic() < deadline:
-            message = dead_letter_queue(connection.default_channel).get(no_ack=True)
+            message = dead_letter_queue_of(app)(connection.default_channel).get(no_ack=True)
             time.sleep(0.05)
     assert message is not None
     assert json.loads(message.body) == json.loads(task_body())
     assert message.headers["task"] == "celery.group"
-    assert message.headers[REASON_HEADER] == "task 'celery.group' is not served here"
-    assert message.headers["x-batchapp-queue"] == queues.CHUNKS
+    # RabbitMQ's record of the rejection; the guard's reason is in the worker's log, by id.
+    [death] = message.headers["x-death"]
+    assert (death["reason"], death["queue"], death["count"]) == ("rejected", queues.CHUNKS, 1)
+    assert (
+        f"Rejected message (task 'celery.group', id {headers['id']!r}) from queue "
+        f"{queues.CHUNKS!r} into batchapp.dead: task 'celery.group' is not served here"
+    ) in worker.log()
 
 
 def test_an_operator_reads_and_purges_the_dead_letters(worker: processes.CeleryProcess) -> None:
@@ -221,6 +327,7 @@ def test_an_operator_reads_and_purges_the_dead_letters(worker: processes.CeleryP
     listed = run_cli("dead-letters", "--limit", "1000", "--json")
     assert listed.returncode == 0, listed.stderr
     shown = json.loads(listed.stdout)
+    table = run_cli("dead-letters", "--limit", "1000")
     still_queued = dead_letters()
     purged = run_cli("dead-letters", "--purge")
 
@@ -228,8 +335,12 @@ def test_an_operator_reads_and_purges_the_dead_letters(worker: processes.CeleryP
     assert {
         "task": "celery.chord_unlock",
         "queue": queues.CALLS,
-        "reason": "task 'celery.chord_unlock' is not served here",
+        "reason": "rejected",
+        "count": 1,
     }.items() <= shown["messages"][-1].items()
+    assert "rejected: refused by a worker; the worker's log line with this id says why" in (
+        table.stdout
+    )
     assert still_queued == start + 1, "listing took messages off the queue"
     assert purged.stdout.strip() == f"purged {start + 1} dead letter(s)"
     assert run_cli("dead-letters").stdout.startswith("0 dead letter(s) in batchapp.dead")

@@ -59,14 +59,25 @@ def test_queues_are_quorum_by_default_with_the_broker_delivery_limit() -> None:
     for queue in declared:
         assert queue.durable
         assert queue.exchange.type == "topic"
-        assert queue.queue_arguments == {"x-queue-type": "quorum", "x-delivery-limit": 4}
+        assert queue.queue_arguments == {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": 4,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "batchapp.dead",
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
 
 
 def test_classic_queues_have_no_delivery_limit() -> None:
     settings = load({"BATCHAPP_QUEUE_TYPE": "classic"})
 
     for queue in routing.task_queues(settings.queue_type, settings.max_deliveries):
-        assert queue.queue_arguments == {"x-queue-type": "classic"}
+        assert queue.queue_arguments == {
+            "x-queue-type": "classic",
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "batchapp.dead",
+        }
 
 
 # -- Failover: BATCHAPP_BROKER_URL may list several brokers, kombu's `url1;url2` syntax --
