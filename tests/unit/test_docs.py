@@ -19,7 +19,7 @@ DOCS = [README, *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "RE
 MAX_README_LINES = 300
 TEST_COMMAND = 'python3 -m venv .venv && .venv/bin/pip install -e ".[dev]" && .venv/bin/pytest'
 
-# batchapp.tasks, batchapp.broker.consumer:Consumer, batchapp.jobs.base.Job ...
+# batchapp.tasks, batchapp.internals.consumer:Consumer, batchapp.jobs.base.Job ...
 DOTTED = re.compile(r"(?<![\w.-])batchapp(?:\.[A-Za-z_]\w*)+(?::[A-Za-z_]\w*)?")
 SOURCE_PATH = re.compile(r"(?<![\w./-])batchapp/[\w/]+\.py\b")
 SETTING = re.compile(r"\bBATCHAPP_[A-Z][A-Z_]*")
@@ -169,13 +169,13 @@ def test_docs_speak_of_the_project_alone(doc: Path) -> None:
     ("dotted", "resolves"),
     [
         ("batchapp.broker.guard", True),
-        ("batchapp.broker.consumer.Consumer", True),
-        ("batchapp.broker.consumer:Consumer", True),
+        ("batchapp.internals.consumer.Consumer", True),
+        ("batchapp.internals.consumer:Consumer", True),
         ("batchapp.jobs.base.Job.commit", True),
         ("batchapp.tasks.calculate_sum", True),
         ("batchapp.chunks", True),  # a queue
         ("batchapp.guard", False),
-        ("batchapp.broker.consumer.GuardedConsumer", False),
+        ("batchapp.internals.consumer.GuardedConsumer", False),
         ("batchapp.jobs.base.Job.no_such_method", False),
     ],
 )
