@@ -87,7 +87,10 @@ def test_quick_run_measures_every_system_and_checks_every_result() -> None:
             assert set(cpu) == expected_cpu_groups(name), f"{name} {measure}: {cpu}"
             assert all(value >= 0 for value in cpu.values()), f"{name} {measure}: {cpu}"
             parts = sum(cpu.get(group, 0) for group in ("caller", "workers", "rabbitmq", "redis"))
-            assert cpu["total"] > 0 and cpu["total"] == pytest.approx(parts, abs=0.01), name
+            # Not > 0 here: the kernel charges CPU in 10 ms clock ticks to whichever process
+            # runs at the tick, and a quick Dramatiq rtt (20 calls) or map-reduce (2 runs) costs
+            # about five ticks in all, so now and then every group is charged none.
+            assert cpu["total"] == pytest.approx(parts, abs=0.01), f"{name} {measure}: {cpu}"
         # 100 tasks cost every caller and every worker well over one clock tick.
         tasks = figure["cpu_ms_per_op"]["tasks_per_s"]
         assert tasks["caller"] > 0 and tasks["workers"] > 0, f"{name}: {tasks}"
