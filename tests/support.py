@@ -27,6 +27,21 @@ T = TypeVar("T")
 _run_data_dir: list[Path] = []
 
 
+def use_run_environment(broker_url: str) -> None:
+    """Only this run's ``BATCHAPP_*`` settings in the environment, for this process (the
+    caller) and every process it starts: its data folder, ``broker_url`` and a SQLite ledger."""
+    folder = run_data_dir()
+    for name in [n for n in os.environ if n.startswith("BATCHAPP_")]:
+        del os.environ[name]
+    os.environ.update(
+        BATCHAPP_DATA_DIR=str(folder),
+        BATCHAPP_BROKER_URL=broker_url,
+        BATCHAPP_DATABASE_URL=f"sqlite:///{folder / 'caller.sqlite'}",
+        # Worker, beat and CLI must start with deprecations as errors (Celery's derive from these).
+        PYTHONWARNINGS="error::DeprecationWarning,error::PendingDeprecationWarning",
+    )
+
+
 def run_data_dir() -> Path:
     """The test run's data folder, made on first use and shared by both tiers' conftests.
 

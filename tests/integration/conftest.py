@@ -18,7 +18,13 @@ import pytest
 from kombu.entity import Exchange, Queue
 
 from batchapp.cli import processes
-from tests.support import BrokerUnreachable, rabbitmq_vhost, require_broker, run_data_dir
+from tests.support import (
+    BrokerUnreachable,
+    rabbitmq_vhost,
+    require_broker,
+    run_data_dir,
+    use_run_environment,
+)
 
 # The same folder as the unit tier's when both run in one session (``pytest``).
 RUN_DATA_DIR = run_data_dir()
@@ -33,16 +39,7 @@ def pytest_configure(config: pytest.Config) -> None:
         require_broker("amqp://guest:guest@127.0.0.1:5672//")
     except BrokerUnreachable as exc:
         pytest.exit(str(exc), returncode=3)
-    broker_url = _session.enter_context(rabbitmq_vhost())
-    for name in [n for n in os.environ if n.startswith("BATCHAPP_")]:
-        del os.environ[name]
-    os.environ.update(
-        BATCHAPP_DATA_DIR=str(RUN_DATA_DIR),
-        BATCHAPP_BROKER_URL=broker_url,
-        BATCHAPP_DATABASE_URL=f"sqlite:///{RUN_DATA_DIR / 'caller.sqlite'}",
-        # Worker and beat must start with deprecations as errors (Celery's derive from these).
-        PYTHONWARNINGS="error::DeprecationWarning,error::PendingDeprecationWarning",
-    )
+    use_run_environment(_session.enter_context(rabbitmq_vhost()))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

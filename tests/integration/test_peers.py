@@ -17,19 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_peers import MEASURES, SYSTEMS
+
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 SCRIPT = BENCHMARKS / "peers.py"
-SYSTEMS = (
-    "batchapp",
-    "celery_seed",
-    "celery_rpc",
-    "celery_redis",
-    "dramatiq",
-    "huey_sqlite",
-    "huey_redis",
-    "rq",
-)
-MEASURES = ("rtt_ms", "tasks_per_s", "mapreduce_ms")
 CELERY_WORKERS = ("batchapp", "celery_seed", "celery_rpc", "celery_redis")
 ON_RABBITMQ = ("batchapp", "celery_seed", "celery_rpc", "celery_redis", "dramatiq")
 ON_REDIS = ("celery_redis", "dramatiq", "huey_redis", "rq")

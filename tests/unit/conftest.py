@@ -18,22 +18,14 @@ from typing import Any
 
 import pytest
 
-from tests.support import run_data_dir
+from tests.support import run_data_dir, use_run_environment
 
 RUN_DATA_DIR = run_data_dir()
 # A port nothing listens on: a unit test that reached for the broker would fail at once.
 CLOSED_BROKER_URL = "amqp://guest:guest@127.0.0.1:1//"
 
 if os.environ.get("BATCHAPP_DATA_DIR") != str(RUN_DATA_DIR):  # not set by the integration tier
-    for name in [n for n in os.environ if n.startswith("BATCHAPP_")]:
-        del os.environ[name]
-    os.environ.update(
-        BATCHAPP_DATA_DIR=str(RUN_DATA_DIR),
-        BATCHAPP_BROKER_URL=CLOSED_BROKER_URL,
-        BATCHAPP_DATABASE_URL=f"sqlite:///{RUN_DATA_DIR / 'caller.sqlite'}",
-        # Commands the tests run must start with deprecations as errors, as workers do.
-        PYTHONWARNINGS="error::DeprecationWarning,error::PendingDeprecationWarning",
-    )
+    use_run_environment(CLOSED_BROKER_URL)
 
 
 @pytest.fixture(autouse=True)
