@@ -50,7 +50,11 @@ def _note_worker_main_process(**_: Any) -> None:
 
 @worker_process_init.connect
 def _open_ledger_in_pool_process(**_: Any) -> None:
-    job_context()
+    global _context
+    # A pool process runs chunks back to back: no ping per checkout (a round trip each). A
+    # chunk runs its transaction again on a connection found dead (engines.in_transaction);
+    # other work there fails once and is retried as it would be for any database error.
+    _context = _new_context(engine_for(settings.database_url, pool_pre_ping=False))
 
 
 @contextmanager

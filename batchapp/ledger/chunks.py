@@ -1,17 +1,21 @@
 """Running a chunk once in effect, and recording a chunk that failed or keeps killing workers.
 
 A chunk's work is done outside any transaction (``prepare``); then one write transaction
-writes its output, takes the job's lock, and marks the chunk done only if it is still pending,
-else rolls the output back. So a chunk delivered twice, even at the same moment, writes its
-output once, and the transaction that finishes the last chunk runs the reduce.
+writes its output and marks the chunk done only if it is still pending, else rolls the output
+back. So a chunk delivered twice, even at the same moment, writes its output once. That
+transaction locks only the chunk's own row, so a job's chunks commit side by side; after it,
+the chunk that finds no chunk left to run takes the job's lock and runs the reduce
+(transitions.finish_if_last). A chunk checks out one connection for all of this.
 """
 
 from __future__ import annotations
 
 import traceback
 
+from sqlalchemy import Connection
+
 from batchapp.jobs import JobContext, get_job
-from batchapp.jobs.base import Chunk, utcnow
+from batchapp.jobs.base import Chunk, ChunkOutcome, Job, utcnow
 from batchapp.ledger import locks, statements
 from batchapp.ledger.states import (
     CANCELLED,
@@ -27,12 +31,12 @@ from batchapp.ledger.transitions import (
     chunk_state,
     fail_chunk,
     finish_chunk,
+    finish_if_last,
     lock_job,
     move_chunks,
     move_job,
-    settle,
 )
-from batchapp.storage.engines import read_transaction, write_transaction
+from batchapp.storage.engines import in_transaction
 from batchapp.storage.tables import ensure_schema
 
 _WHY_DROPPED = {
@@ -65,35 +69,57 @@ def run_chunk(
     """
     ensure_schema(ctx.engine)
     key = {"b_job_id": job_id, "b_idx": index}
-    with read_transaction(ctx.engine) as connection:
-        found = connection.execute(statements.FIND_CHUNK, key).first()
-    if found is None:
-        raise UnknownJobError(f"job {job_id} chunk {index} is not in the ledger")
-    try:
-        if not chunk_may_move(found.status, DONE):
-            raise _Dropped(_WHY_DROPPED[found.status])
-        if redelivered or (delivery or 0) > 1:
-            _count_delivery(ctx, job_id, index, delivery)
-        if found.exclusive:
-            _claim_periodic_lock(ctx, job_id)
-        job = get_job(found.name)
-        prepared = job.prepare(found.params, found.spec, ctx)
-        with write_transaction(ctx.engine) as connection:
-            outcome = job.commit(connection, Chunk(job_id, found.params, found.spec, prepared), ctx)
-            locked = lock_job(connection, job_id)
-            if not finish_chunk(connection, locked, index, outcome, redelivered=redelivered):
-                # Raising rolls back the output written above.
-                state = chunk_state(connection, locked, index)
-                raise _Dropped(_WHY_DROPPED[state and state.status])
-            settle(connection, locked)
-    except _Dropped as dropped:
-        return f"job {job_id} chunk {index} {dropped}"
-    except UnknownJobError:
-        return f"job {job_id} chunk {index} {_WHY_DROPPED[None]}"
+    with ctx.engine.connect() as connection:
+        found = in_transaction(
+            connection, lambda c: c.execute(statements.FIND_CHUNK, key).first(), write=False
+        )
+        if found is None:
+            raise UnknownJobError(f"job {job_id} chunk {index} is not in the ledger")
+        try:
+            if not chunk_may_move(found.status, DONE):
+                raise _Dropped(_WHY_DROPPED[found.status])
+            if redelivered or (delivery or 0) > 1:
+                _count_delivery(ctx, connection, job_id, index, delivery)
+            if found.exclusive:
+                _claim_periodic_lock(ctx, connection, job_id)
+            job = get_job(found.name)
+            chunk = Chunk(
+                job_id, found.params, found.spec, job.prepare(found.params, found.spec, ctx)
+            )
+            outcome = in_transaction(
+                connection,
+                lambda c: _commit(c, ctx, job, chunk, index, redelivered=redelivered),
+                write=True,
+            )
+            finish_if_last(connection, job_id)
+        except _Dropped as dropped:
+            return f"job {job_id} chunk {index} {dropped}"
+        except UnknownJobError:
+            return f"job {job_id} chunk {index} {_WHY_DROPPED[None]}"
     return (
         f"job {job_id} chunk {index} done: "
         f"{outcome.items_done} items, {outcome.items_failed} failed"
     )
+
+
+def _commit(
+    connection: Connection,
+    ctx: JobContext,
+    job: Job,
+    chunk: Chunk,
+    index: int,
+    *,
+    redelivered: bool,
+) -> ChunkOutcome:
+    """Write the chunk's output and mark it done; :class:`_Dropped` (which rolls the output
+    back) if it is no longer pending."""
+    outcome = job.commit(connection, chunk, ctx)
+    if not finish_chunk(connection, chunk.job_id, index, outcome, redelivered=redelivered):
+        state = connection.execute(
+            statements.CHUNK_STATE, {"b_job_id": chunk.job_id, "b_idx": index}
+        ).first()
+        raise _Dropped(_WHY_DROPPED[state and state.status])
+    return outcome
 
 
 def record_chunk_failure(
@@ -104,63 +130,91 @@ def record_chunk_failure(
     *,
     redelivered: bool = False,
 ) -> None:
-    """Mark a pending chunk failed with the reason; the job fails when no chunk is left to run."""
+    """Mark a pending chunk failed with the reason; the job fails when no chunk is left to run.
+
+    Unlike a chunk's success this takes the job's lock: a retry running at the same moment
+    waits for the failure and runs the chunk again, instead of missing it. Failures are rare.
+    """
     if isinstance(exc, BaseException):
         reason = "".join(traceback.format_exception_only(exc)).strip()
     else:
         reason = exc
-    with write_transaction(ctx.engine) as connection:
+
+    def fail(connection: Connection) -> bool:
         try:
             locked = lock_job(connection, job_id)
         except UnknownJobError:
-            return
+            return False
         state = chunk_state(connection, locked, index)
         if not chunk_may_move(state and state.status, FAILED):
-            return
+            return False
         fail_chunk(connection, locked, index, reason, redelivered=redelivered)
-        settle(connection, locked)
+        return True
+
+    with ctx.engine.connect() as connection:
+        if in_transaction(connection, fail, write=True):
+            finish_if_last(connection, job_id)
 
 
-def _count_delivery(ctx: JobContext, job_id: str, index: int, delivery: int | None) -> None:
+def _count_delivery(
+    ctx: JobContext, connection: Connection, job_id: str, index: int, delivery: int | None
+) -> None:
     """Count a redelivery; past ``max_deliveries`` the chunk fails instead of running again."""
     limit = ctx.settings.max_deliveries
-    with write_transaction(ctx.engine) as connection:
+
+    def count(connection: Connection) -> str | None:
         locked = lock_job(connection, job_id)
         state = chunk_state(connection, locked, index)
         if not chunk_may_move(state and state.status, DONE):
             raise _Dropped(_WHY_DROPPED[state and state.status])
         seen = max((state.deliveries or 1) + 1, delivery or 0)
         if seen <= limit:
-            connection.execute(
+            counted = connection.execute(
                 statements.COUNT_DELIVERY,
                 {"b_job_id": job_id, "b_idx": index, "b_deliveries": seen},
             )
-            return
+            if not counted.rowcount:
+                # Its first delivery committed it while this one waited for the chunk's row.
+                state = chunk_state(connection, locked, index)
+                raise _Dropped(_WHY_DROPPED[state and state.status])
+            return None
         reason = (
             f"worker lost {seen - 1} times: its process died on every delivery "
             f"(BATCHAPP_MAX_DELIVERIES={limit})"
         )
         fail_chunk(connection, locked, index, reason, redelivered=True)
-        settle(connection, locked)
+        return reason
+
+    reason = in_transaction(connection, count, write=True)
+    if reason is None:
+        return
+    finish_if_last(connection, job_id)
     raise _Dropped(f"failed: {reason}")
 
 
-def _claim_periodic_lock(ctx: JobContext, job_id: str) -> None:
+def _claim_periodic_lock(ctx: JobContext, connection: Connection, job_id: str) -> None:
     """Hold the job's lock from now on; a run whose lock a later run took steps aside."""
-    with write_transaction(ctx.engine) as connection:
-        locked = lock_job(connection, job_id)
-        if locked.status != RUNNING:
-            raise _Dropped(f"belongs to a job that is {locked.status}; dropped")
-        ttl = locks.lock_ttl(ctx.settings)
-        holder = locks.take(connection, locked.name, job_id, utcnow(), ttl)
-        if holder is None:
-            return
-        move_chunks(connection, locked, PENDING, CANCELLED)
-        move_job(
-            connection,
-            locked,
-            SKIPPED,
-            "it cannot be skipped",
-            error=f"skipped: the run {holder} took over while this one waited in the queue",
-        )
-    raise _Dropped(f"skipped: the run {holder} of the same job holds its lock")
+    holder = in_transaction(connection, lambda c: _take_periodic_lock(ctx, c, job_id), write=True)
+    if holder is not None:
+        raise _Dropped(f"skipped: the run {holder} of the same job holds its lock")
+
+
+def _take_periodic_lock(ctx: JobContext, connection: Connection, job_id: str) -> str | None:
+    """Take the job's periodic lock, or skip the run and return the run that holds it."""
+    locked = lock_job(connection, job_id)
+    if locked.status != RUNNING:
+        # Raised inside: nothing was changed yet.
+        raise _Dropped(f"belongs to a job that is {locked.status}; dropped")
+    ttl = locks.lock_ttl(ctx.settings)
+    holder = locks.take(connection, locked.name, job_id, utcnow(), ttl)
+    if holder is None:
+        return None
+    move_chunks(connection, locked, PENDING, CANCELLED)
+    move_job(
+        connection,
+        locked,
+        SKIPPED,
+        "it cannot be skipped",
+        error=f"skipped: the run {holder} took over while this one waited in the queue",
+    )
+    return holder

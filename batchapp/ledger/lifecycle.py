@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, Exists, exists, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from batchapp.jobs import JobContext, get_job
@@ -249,7 +249,9 @@ def reconcile(
     with read_transaction(ctx.engine) as connection:
         stale = list(
             connection.execute(
-                select(jobs.c.id).where(jobs.c.status == RUNNING, jobs.c.updated_at < cutoff)
+                select(jobs.c.id).where(
+                    jobs.c.status == RUNNING, jobs.c.updated_at < cutoff, ~_moved_since(cutoff)
+                )
             ).scalars()
         )
     done: dict[str, str] = {}
@@ -259,10 +261,12 @@ def reconcile(
                 locked = lock_job(connection, job_id)
             except UnknownJobError:
                 continue  # removed by cleanup meanwhile
-            updated_at = connection.execute(
-                select(jobs.c.updated_at).where(jobs.c.id == job_id)
-            ).scalar_one()
-            if locked.status != RUNNING or updated_at >= cutoff:
+            still_stale = connection.execute(
+                select(jobs.c.id).where(
+                    jobs.c.id == job_id, jobs.c.updated_at < cutoff, ~_moved_since(cutoff)
+                )
+            ).first()
+            if locked.status != RUNNING or still_stale is None:
                 continue  # it moved meanwhile
             # settle also marks the job as just moved, so it is republished once per period.
             settled = settle(connection, locked)
@@ -277,6 +281,13 @@ def reconcile(
         else:
             done[job_id] = f"republished {len(indexes)} chunk(s)"
     return done
+
+
+def _moved_since(cutoff: datetime) -> Exists:
+    """Whether a chunk of the job finished since ``cutoff``: a chunk's commit does not touch
+    its job's row (so a job's chunks commit side by side), so its row's ``updated_at`` alone
+    says only when the job last changed state."""
+    return exists().where(chunks.c.job_id == jobs.c.id, chunks.c.finished_at >= cutoff)
 
 
 def _pending(connection: Connection, job: LockedJob) -> list[int]:

@@ -31,7 +31,7 @@ FIND_CHUNK = (
 )
 
 # FOR UPDATE holds the job row on PostgreSQL; on SQLite the write transaction (BEGIN IMMEDIATE)
-# already holds the whole database.
+# already holds the whole database. A chunk takes it only when its job may change state.
 LOCK_JOB = (
     select(
         jobs.c.id,
@@ -50,6 +50,9 @@ CHUNK_STATE = select(chunks.c.status, chunks.c.deliveries).where(
 )
 
 # Only a pending chunk becomes done (states.CHUNK_MOVES): the row count says whether it was.
+# The chunk's own row is the guard: a second delivery, a cancel or a failure of the same chunk
+# waits for this row (PostgreSQL re-reads it after the wait, in READ COMMITTED) and then finds
+# it no longer pending; no other chunk of the job waits.
 CHUNK_DONE = (
     update(chunks)
     .where(
@@ -89,14 +92,26 @@ TOUCH_JOB = (
     .values(updated_at=bindparam("b_now", type_=DateTime))
 )
 
-# Per chunk, one statement marks the job as just moved if it has a chunk left to run (one
-# index probe, whatever the job's size); touching no row means the job is ready to finish.
+# Whether the job has a chunk left to run: one index probe, whatever the job's size. Asked by a
+# chunk after its commit, so the last chunks to commit see each other's commits.
+ANY_PENDING = (
+    select(chunks.c.idx)
+    .where(chunks.c.job_id == bindparam("b_job_id"), chunks.c.status == PENDING)
+    .limit(1)
+)
+
+# Under the job's lock: marks the job as just moved if it has a chunk left to run; touching no
+# row means the job is ready to finish.
 TOUCH_JOB_IF_PENDING = TOUCH_JOB.where(
     exists().where(chunks.c.job_id == bindparam("b_job_id"), chunks.c.status == PENDING)
 )
 
 COUNT_DELIVERY = (
     update(chunks)
-    .where(chunks.c.job_id == bindparam("b_job_id"), chunks.c.idx == bindparam("b_idx"))
+    .where(
+        chunks.c.job_id == bindparam("b_job_id"),
+        chunks.c.idx == bindparam("b_idx"),
+        chunks.c.status == PENDING,
+    )
     .values(deliveries=bindparam("b_deliveries", type_=Integer), redelivered=True)
 )

@@ -2,6 +2,9 @@
 
 Callers open a write transaction, :func:`lock_job`, change chunk rows, and end with
 :func:`settle` (which finishes the job when no chunk is left to run) or :func:`move_job`.
+A chunk's commit is the exception that keeps one job's chunks committing side by side: it
+changes only its own chunk row (:func:`finish_chunk`, guarded by that row's status) and, once
+committed, :func:`finish_if_last` takes the job's lock only if no chunk is left to run.
 A job's counts are derived from its chunk rows whenever its status changes (and whenever a
 running job is read, see views.py), never carried by hand, so no interleaving of deliveries,
 failures, retries and cancels can make them drift.
@@ -29,6 +32,7 @@ from batchapp.ledger.states import (
     UnknownJobError,
     check_job_move,
 )
+from batchapp.storage.engines import in_transaction
 from batchapp.storage.tables import chunks, executions, jobs
 
 ERROR_KEEP = 2000
@@ -72,14 +76,15 @@ def chunk_may_move(current: str | None, new: str) -> bool:
 
 
 def finish_chunk(
-    connection: Connection, job: LockedJob, index: int, outcome: ChunkOutcome, *, redelivered: bool
+    connection: Connection, job_id: str, index: int, outcome: ChunkOutcome, *, redelivered: bool
 ) -> bool:
     """Record the chunk done, with what its work produced, if it is pending; returns whether
-    it was (else nothing changed)."""
+    it was (else nothing changed). Takes no job lock: call :func:`finish_if_last` after the
+    commit."""
     done = connection.execute(
         statements.CHUNK_DONE,
         {
-            "b_job_id": job.id,
+            "b_job_id": job_id,
             "b_idx": index,
             "b_redelivered_now": redelivered,
             "b_items_done": outcome.items_done,
@@ -210,6 +215,35 @@ def end_execution(
             chunks_failed=failed_now,
         )
     )
+
+
+def finish_if_last(connection: Connection, job_id: str) -> None:
+    """After a transaction that took a chunk out of pending committed (outside it: on
+    ``connection``, which holds none): finish the job if no chunk is left to run.
+
+    Asked after the commit, not inside it, so of the last chunks committing at the same moment
+    at least the one committing last sees that nothing is pending; two that both see it queue
+    on the job's lock, and :func:`settle` looks again under it, so the reduce runs once. The
+    lock is taken only then, not per chunk. If the process dies in between, the reconciler
+    finishes the job.
+    """
+    key = {"b_job_id": job_id}
+    if in_transaction(connection, lambda c: _any_pending(c, key), write=False):
+        return
+
+    def finish(locked_connection: Connection) -> None:
+        try:
+            locked = lock_job(locked_connection, job_id)
+        except UnknownJobError:
+            return  # removed by cleanup meanwhile
+        if locked.status == RUNNING:
+            settle(locked_connection, locked)
+
+    in_transaction(connection, finish, write=True)
+
+
+def _any_pending(connection: Connection, key: dict[str, Any]) -> bool:
+    return connection.execute(statements.ANY_PENDING, key).first() is not None
 
 
 def settle(connection: Connection, job: LockedJob) -> LockedJob:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, Engine, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
@@ -35,6 +35,8 @@ _WRITE = "batchapp_write"
 _FILE_ID = "batchapp_file_id"
 
 _engines: dict[str, Engine] = {}
+
+T = TypeVar("T")
 
 
 def _forget_inherited_engines() -> None:
@@ -254,3 +256,28 @@ def read_transaction(engine: Engine) -> Iterator[Connection]:
     """A consistent read of several tables."""
     with engine.connect() as connection, connection.begin():
         yield connection
+
+
+def in_transaction(connection: Connection, work: Callable[[Connection], T], *, write: bool) -> T:
+    """``work(connection)`` in one transaction on a connection held for several (a chunk checks
+    out one connection for all its reads and writes); ``write`` as in :func:`write_transaction`.
+
+    A worker's engine does not ping a connection at each checkout (a round trip per chunk), so
+    a connection the server closed while it sat in the pool fails its first statement: the pool
+    drops it and the transaction is run once more on a new one. That is safe because it never
+    took effect, or (a COMMIT whose answer was lost) because the work is guarded by the rows
+    it changes, as a chunk's is.
+    """
+    try:
+        return _transaction(connection, work, write)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return _transaction(connection, work, write)
+
+
+def _transaction(connection: Connection, work: Callable[[Connection], T], write: bool) -> T:
+    # execution_options changes this connection in place: each transaction says which it is.
+    connection.execution_options(**{_WRITE: write})
+    with connection.begin():
+        return work(connection)

@@ -428,9 +428,14 @@ def test_a_failed_publish_after_every_chunk_finished_leaves_the_job_succeeded(
 
 
 def make_stale(ctx: JobContext, job_id: str) -> None:
+    """Nothing moved the job for an hour: neither a change of state nor a chunk's commit."""
+    an_hour_ago = utcnow() - timedelta(hours=1)
     with ctx.engine.begin() as connection:
+        connection.execute(update(jobs).where(jobs.c.id == job_id).values(updated_at=an_hour_ago))
         connection.execute(
-            update(jobs).where(jobs.c.id == job_id).values(updated_at=utcnow() - timedelta(hours=1))
+            update(chunks)
+            .where(chunks.c.job_id == job_id, chunks.c.finished_at.is_not(None))
+            .values(finished_at=an_hour_ago)
         )
 
 
