@@ -1,4 +1,5 @@
-"""The ledger tests of tests/unit/test_ledger.py that take a ``ctx``, run on PostgreSQL.
+"""The ledger tests of tests/unit/test_ledger.py and test_ledger_races.py that take a ``ctx``,
+run on PostgreSQL.
 
 They are collected here again with this module's ``ctx``: a fresh PostgreSQL database whose
 timezone is Asia/Seoul, so nothing may rely on the server's timezone matching UTC.
@@ -64,6 +65,13 @@ from tests.unit.test_ledger import (  # noqa: F401 - collected here, with ctx on
     test_wait_keeps_waiting_while_a_chunk_is_in_flight,
     test_wait_names_a_job_that_nothing_works_on,
     test_wait_on_sqlite_reads_the_job_only_after_a_commit,
+)
+from tests.unit.test_ledger_races import (  # noqa: F401 - collected here, with ctx on PostgreSQL
+    test_a_failure_and_the_last_success_committing_at_once_fail_the_job_once,
+    test_a_redelivery_counted_while_its_first_delivery_commits_runs_once,
+    test_the_last_chunk_committing_while_a_retry_commits_leaves_the_job_running,
+    test_the_last_two_chunks_committing_at_once_reduce_exactly_once,
+    test_the_reconciler_leaves_a_job_whose_chunks_are_committing,
 )
 
 
