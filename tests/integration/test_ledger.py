@@ -12,14 +12,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 
+from batchapp import ledger
 from batchapp.jobs import JobContext
 from batchapp.settings import load
 from batchapp.storage.engines import engine_for
 from batchapp.storage.tables import ensure_schema, metadata
 from tests.integration.conftest import _psql
 from tests.unit.test_ledger import (  # noqa: F401 - collected here, with ctx on PostgreSQL
+    Published,
     test_a_cancel_waits_for_a_chunk_committing_and_keeps_its_output,
     test_a_cancelled_periodic_run_releases_its_lock,
     test_a_chunk_committing_when_its_job_is_cancelled_waits_and_is_dropped,
@@ -93,3 +95,25 @@ def ctx(seoul_postgres_url: str, tmp_path: Path) -> JobContext:
         names = ", ".join(table.name for table in metadata.sorted_tables)
         connection.execute(text(f"TRUNCATE {names}"))
     return JobContext(settings=settings, engine=engine_for(settings.database_url))
+
+
+def test_a_chunk_on_a_connection_the_server_closed_runs_its_transaction_again(
+    seoul_postgres_url: str, tmp_path: Path
+) -> None:
+    # A pool process's engine: no ping at checkout (see batchapp/runtime.py).
+    settings = replace(load({"BATCHAPP_DATA_DIR": str(tmp_path)}), database_url=seoul_postgres_url)
+    engine = engine_for(seoul_postgres_url, pool_pre_ping=False, pool_size=1)
+    ctx = JobContext(settings=settings, engine=engine)
+    view = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, Published())
+    ledger.run_chunk(ctx, view.id, 0)
+    with engine.connect() as connection:
+        pooled = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    dropped: list[object] = []
+    event.listen(engine.pool, "invalidate", lambda *args: dropped.append(args))
+    # What a server restart or an idle-connection timeout does to the pooled connection.
+    _psql(f"SELECT pg_terminate_backend({pooled})")
+
+    assert "done: 10 items" in ledger.run_chunk(ctx, view.id, 1)
+    assert len(dropped) == 1, "the pooled connection was not the dead one"
+    assert ledger.get(ctx, view.id).result == 210
+    engine.dispose()
