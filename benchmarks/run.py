@@ -29,6 +29,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import bm_chunk_lock
 import bm_import
 import bm_locked_errors
 import bm_parallel_sum
@@ -45,6 +46,7 @@ MEASURES: tuple[ModuleType, ...] = (
     bm_rtt,
     bm_tasks_per_s,
     bm_parallel_sum,
+    bm_chunk_lock,
     bm_submit_messages,
     bm_locked_errors,
     bm_import,

@@ -227,8 +227,7 @@ def finish_if_last(connection: Connection, job_id: str) -> None:
     lock is taken only then, not per chunk. If the process dies in between, the reconciler
     finishes the job.
     """
-    key = {"b_job_id": job_id}
-    if in_transaction(connection, lambda c: _any_pending(c, key), write=False):
+    if any_pending(connection, job_id):
         return
 
     def finish(locked_connection: Connection) -> None:
@@ -242,8 +241,14 @@ def finish_if_last(connection: Connection, job_id: str) -> None:
     in_transaction(connection, finish, write=True)
 
 
-def _any_pending(connection: Connection, key: dict[str, Any]) -> bool:
-    return connection.execute(statements.ANY_PENDING, key).first() is not None
+def any_pending(connection: Connection, job_id: str) -> bool:
+    """Whether the job has a chunk left to run, as committed now (``connection`` holds no
+    transaction)."""
+    key = {"b_job_id": job_id}
+    found = in_transaction(
+        connection, lambda c: c.execute(statements.ANY_PENDING, key).first(), write=False
+    )
+    return found is not None
 
 
 def settle(connection: Connection, job: LockedJob) -> LockedJob:

@@ -97,15 +97,15 @@ def test_the_last_two_chunks_committing_at_once_reduce_exactly_once(
     # Both look for a chunk left to run only once both have committed: both find none.
     both_committed = threading.Barrier(2, timeout=TIMEOUT)
     looked: list[bool] = []
-    any_pending = transitions._any_pending
+    any_pending = transitions.any_pending
 
-    def after_both_commits(connection: Any, key: dict[str, Any]) -> bool:
+    def after_both_commits(connection: Any, job_id: str) -> bool:
         both_committed.wait()
-        found = any_pending(connection, key)
+        found = any_pending(connection, job_id)
         looked.append(found)
         return found
 
-    monkeypatch.setattr(transitions, "_any_pending", after_both_commits)
+    monkeypatch.setattr(transitions, "any_pending", after_both_commits)
     on_postgres = ctx.engine.dialect.name == "postgresql"
     with chunk_commits_meet(ctx.engine, 2) if on_postgres else _nothing():
         # On PostgreSQL both chunk transactions are open at the same moment: neither waits.
@@ -178,13 +178,13 @@ def test_a_failure_and_the_last_success_committing_at_once_fail_the_job_once(
 ) -> None:
     view = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, Published())
     both_committed = threading.Barrier(2, timeout=TIMEOUT)
-    any_pending = transitions._any_pending
+    any_pending = transitions.any_pending
 
-    def after_both_commits(connection: Any, key: dict[str, Any]) -> bool:
+    def after_both_commits(connection: Any, job_id: str) -> bool:
         both_committed.wait()
-        return any_pending(connection, key)
+        return any_pending(connection, job_id)
 
-    monkeypatch.setattr(transitions, "_any_pending", after_both_commits)
+    monkeypatch.setattr(transitions, "any_pending", after_both_commits)
     in_threads(
         lambda: ledger.record_chunk_failure(ctx, view.id, 0, RuntimeError("boom")),
         lambda: ledger.run_chunk(ctx, view.id, 1),
