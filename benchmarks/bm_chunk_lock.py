@@ -28,7 +28,7 @@ from harness import Bench, JSONDict, Target, progress, ratio, timing
 
 NAME = "chunk_lock"
 FULL = {"chunks": 10_000, "processes": 2}
-QUICK = {"chunks": 1_000, "processes": 2}
+QUICK = {"chunks": 500, "processes": 2}
 POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 VARIANTS = ("job_row_per_commit", "chunk_row_guard")
 # At most this long per chunk commit, or the job row not taken per chunk at all.
@@ -99,6 +99,7 @@ def run_variant(name: str, chunks: int, processes: int) -> JSONDict:
     return {
         "chunks": chunks,
         "chunks_per_s": chunks / took,
+        "locks": locks,
         "locks_per_commit": locks / chunks,
         "lock_ms_per_commit": held * 1000 / chunks,
         "lock_ms_per_lock": held * 1000 / locks if locks else 0.0,

@@ -2,14 +2,16 @@
 
 A job's life is in two tables. Submitting writes the job and one row per chunk, then
 publishes one message per chunk. A chunk's worker writes its output and marks the chunk done
-in one transaction; the transaction that finishes the last chunk also runs the job's reduce.
-So there is no chord to poll, a chunk delivered twice is written once, and a job can never be
-left finished but unreduced.
+in one transaction that locks only that chunk's row, so one job's chunks commit side by side;
+the chunk that then finds none left to run locks the job and runs its reduce, once. So there
+is no chord to poll, a chunk delivered twice is written once, and a job whose worker died
+between its last chunk and the reduce is finished by the reconciler.
 
 Where things are:
 
 - ``states.py``       the job and chunk states and the one table of legal moves
-- ``transitions.py``  the only code that changes a job's status and counts, under its row lock
+- ``transitions.py``  the only code that changes a job's status and counts, under its row lock;
+                      a chunk marked done, and the job finished after the last one
 - ``chunks.py``       running a chunk; recording a failed chunk or one that keeps killing workers
 - ``lifecycle.py``    submit, retry, cancel, and the reconciler for jobs nothing moves
 - ``locks.py``        periodic runs never overlap

@@ -32,12 +32,15 @@ POSITIVE = {
     "submit_messages": ("items", "chunks", "messages"),
     "rtt_during_import_ms": ("median", "max", "calls", "chunk_median"),
     "ticks_during_import": ("sent", "ran"),
+    "chunk_lock": ("job_row_per_commit", "chunk_row_guard"),
     "ratios": (
         "rtt_sqlite_over_rpc",
         "tasks_sqlite_over_no_results",
         "import_batchapp_over_raw",
         "rss_4m_over_1m",
         "rtt_during_import_median_over_chunk",
+        "chunk_lock_after_over_before",
+        "chunks_per_s_after_over_before",
     ),
     "spread": ("rtt_ms", "tasks_per_s", "parallel_sum_10_ms", "group_10_ms"),
 }
