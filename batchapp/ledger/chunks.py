@@ -76,6 +76,10 @@ def run_chunk(
         if found is None:
             raise UnknownJobError(f"job {job_id} chunk {index} is not in the ledger")
         try:
+            if found.status == DONE:
+                # Its first delivery may have died, or failed to reach the database, between
+                # its commit and finishing the job: this one finishes it, at the cost of a probe.
+                finish_if_last(connection, job_id)
             if not chunk_may_move(found.status, DONE):
                 raise _Dropped(_WHY_DROPPED[found.status])
             if redelivered or (delivery or 0) > 1:

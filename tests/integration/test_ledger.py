@@ -69,6 +69,7 @@ from tests.unit.test_ledger import (  # noqa: F401 - collected here, with ctx on
     test_wait_on_sqlite_reads_the_job_only_after_a_commit,
 )
 from tests.unit.test_ledger_races import (  # noqa: F401 - collected here, with ctx on PostgreSQL
+    test_a_chunk_that_could_not_finish_its_job_after_committing_is_finished_by_its_retry,
     test_a_failure_and_the_last_success_committing_at_once_fail_the_job_once,
     test_a_redelivery_counted_while_its_first_delivery_commits_runs_once,
     test_the_last_chunk_committing_while_a_retry_commits_leaves_the_job_running,

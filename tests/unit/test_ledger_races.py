@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, event, update
+from sqlalchemy.exc import OperationalError
 
 from batchapp import ledger
 from batchapp.jobs import JOBS, JobContext
 from batchapp.jobs.base import utcnow
+from batchapp.ledger import chunks as chunks_module
 from batchapp.ledger import transitions
 from batchapp.settings import load
 from batchapp.storage.engines import engine_for
@@ -210,3 +212,29 @@ def test_the_reconciler_leaves_a_job_whose_chunks_are_committing(ctx: JobContext
 
     assert ledger.reconcile(ctx, publish) == {}
     assert publish.calls == []
+
+
+def test_a_chunk_that_could_not_finish_its_job_after_committing_is_finished_by_its_retry(
+    ctx: JobContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    view = ledger.submit(ctx, "parallel_sum", {"n": 10, "chunk_size": 10}, Published())
+    finish_if_last = chunks_module.finish_if_last
+    calls: list[str] = []
+
+    def unreachable_once(connection: Any, job_id: str) -> None:
+        calls.append(job_id)
+        if len(calls) == 1:
+            raise OperationalError("SELECT", {}, Exception("server closed the connection"))
+        finish_if_last(connection, job_id)
+
+    monkeypatch.setattr(chunks_module, "finish_if_last", unreachable_once)
+    with pytest.raises(OperationalError):
+        ledger.run_chunk(ctx, view.id, 0)
+    assert ledger.get(ctx, view.id).status == "running"
+
+    # The task's retry of the same message (or the broker's redelivery).
+    again = ledger.run_chunk(ctx, view.id, 0)
+
+    assert "already done; duplicate delivery dropped" in again
+    done = ledger.get(ctx, view.id)
+    assert (done.status, done.result) == ("succeeded", 55)
