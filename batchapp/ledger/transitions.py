@@ -224,8 +224,8 @@ def finish_if_last(connection: Connection, job_id: str) -> None:
     Asked after the commit, not inside it, so of the last chunks committing at the same moment
     at least the one committing last sees that nothing is pending; two that both see it queue
     on the job's lock, and :func:`settle` looks again under it, so the reduce runs once. The
-    lock is taken only then, not per chunk. If the process dies in between, the reconciler
-    finishes the job.
+    lock is taken only then, not per chunk. If the process dies in between, the chunk's next
+    delivery (which finds it done) or the reconciler finishes the job.
     """
     if any_pending(connection, job_id):
         return
