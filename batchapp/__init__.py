@@ -21,9 +21,21 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from batchapp.jobs.base import Chunk, ChunkOutcome, Job, JobContext, ParamError
+    from batchapp.jobs.columns import (
+        CsvBool,
+        CsvDate,
+        CsvDecimal,
+        CsvInt,
+        CsvText,
+        CsvTimestamp,
+        CsvType,
+        DeclarationError,
+    )
     from batchapp.jobs.decorator import FunctionJob, job, ranges
+    from batchapp.jobs.import_spec import CsvColumn, Derived
     from batchapp.jobs.params import Bool, Choice, Float, Int, Param, Str
     from batchapp.jobs.registry import JOBS, JobRegistryError
+    from batchapp.jobs.table_import import TableImport, csv_import
 
 __version__ = "0.1.0"
 
@@ -45,6 +57,18 @@ _API = {
     "Choice": "batchapp.jobs.params",
     "JOBS": "batchapp.jobs.registry",
     "JobRegistryError": "batchapp.jobs.registry",
+    "csv_import": "batchapp.jobs.table_import",
+    "TableImport": "batchapp.jobs.table_import",
+    "CsvColumn": "batchapp.jobs.import_spec",
+    "Derived": "batchapp.jobs.import_spec",
+    "CsvType": "batchapp.jobs.columns",
+    "CsvInt": "batchapp.jobs.columns",
+    "CsvDecimal": "batchapp.jobs.columns",
+    "CsvText": "batchapp.jobs.columns",
+    "CsvDate": "batchapp.jobs.columns",
+    "CsvTimestamp": "batchapp.jobs.columns",
+    "CsvBool": "batchapp.jobs.columns",
+    "DeclarationError": "batchapp.jobs.columns",
 }
 
 __all__ = [
@@ -53,6 +77,16 @@ __all__ = [
     "Choice",
     "Chunk",
     "ChunkOutcome",
+    "CsvBool",
+    "CsvColumn",
+    "CsvDate",
+    "CsvDecimal",
+    "CsvInt",
+    "CsvText",
+    "CsvTimestamp",
+    "CsvType",
+    "DeclarationError",
+    "Derived",
     "Float",
     "FunctionJob",
     "Int",
@@ -62,6 +96,8 @@ __all__ = [
     "Param",
     "ParamError",
     "Str",
+    "TableImport",
+    "csv_import",
     "job",
     "ranges",
 ]
