@@ -95,7 +95,10 @@ class CsvInt(CsvType):
             raise BadValue(f"not a whole number: {shown(text)}")
         if len(text) > _MAX_DIGITS:
             raise BadValue(f"must be between {self.min:,} and {self.max:,}, got {shown(text)}")
-        return self.check_derived(int(text))
+        value = int(text)
+        if not self.min <= value <= self.max:
+            raise BadValue(f"must be between {self.min:,} and {self.max:,}, got {value:,}")
+        return value
 
     def check_derived(self, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -212,7 +215,11 @@ class CsvText(CsvType):
         object.__setattr__(self, "_regex", regex)
 
     def read(self, text: str, tz: ZoneInfo) -> str:
-        return self.check_derived(text)
+        if self.min_len <= len(text) <= self.max_len and (
+            self._regex is None or self._regex.fullmatch(text)
+        ):
+            return text
+        return self.check_derived(text)  # which says what is wrong
 
     def check_derived(self, value: Any) -> str:
         if not isinstance(value, str):

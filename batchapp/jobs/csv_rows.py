@@ -24,6 +24,7 @@ RAW_KEEP = 200
 SHOWN_NAMES = 5
 _REASON_KEEP = 120
 
+Reader = Callable[[str, ZoneInfo], Any]
 Row = tuple[Any, ...]
 """A line's values as the table stores them, in the order of ``ImportSpec.stored_names``."""
 
@@ -91,21 +92,38 @@ class LineParser:
     tz: ZoneInfo
     to_db_time: Callable[[datetime], Any]
     to_db_date: Callable[[date], Any]
-    _reads: list[tuple[str, int, CsvType, bool]] = field(init=False, repr=False)
-    _stores: list[tuple[str, CsvType, Callable[[Any], Any]]] = field(init=False, repr=False)
+    _reads: list[tuple[str, int, Reader, bool]] = field(init=False, repr=False)
+    _derives: list[tuple[str, Callable[[Any], Any], Callable[[Any], Any], bool]] = field(
+        init=False, repr=False
+    )
+    _stores: list[tuple[str, Callable[[Any], Any] | None]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        # Bound methods and conversions looked up once, not per field: this runs per line.
         position = {name: index for index, name in enumerate(self.order)}
-        reads = [(c.name, position[c.name], c.type, c.optional) for c in self.spec.columns]
+        reads = [(c.name, position[c.name], c.type.read, c.optional) for c in self.spec.columns]
+        derives = [
+            (d.name, d.function, d.type.check_derived, d.optional) for d in self.spec.derived
+        ]
         by_stored = {c.stored_name: (c.name, c.type) for c in self.spec.columns}
         by_stored |= {d.name: (d.name, d.type) for d in self.spec.derived}
         stores = []
         for stored in self.spec.stored_names:
             name, kind = by_stored[stored]
-            convert = {"time": self.to_db_time, "date": self.to_db_date}.get(kind.db_kind, _same)
-            stores.append((name, kind, convert))
+            stores.append((name, self._storer(kind)))
         object.__setattr__(self, "_reads", reads)
+        object.__setattr__(self, "_derives", derives)
         object.__setattr__(self, "_stores", stores)
+
+    def _storer(self, kind: CsvType) -> Callable[[Any], Any] | None:
+        """What turns a value into what the driver is given; None where it is the value."""
+        convert = {"time": self.to_db_time, "date": self.to_db_date}.get(kind.db_kind)
+        same_stored = type(kind).stored is CsvType.stored
+        if convert is None:
+            return None if same_stored else kind.stored
+        if same_stored:
+            return convert
+        return lambda value: convert(kind.stored(value))
 
     def __call__(self, line: str) -> Row | str:
         fields = split_fields(line)
@@ -113,54 +131,50 @@ class LineParser:
             return fields
         if len(fields) != len(self._reads):
             return f"expected {len(self._reads)} fields, got {len(fields)}"
+        tz = self.tz
         values: dict[str, Any] = {}
-        for name, index, kind, optional in self._reads:
+        for name, index, read, optional in self._reads:
             text = fields[index].strip()
             if optional and not text:
                 values[name] = None
                 continue
             try:
-                values[name] = kind.read(text, self.tz)
+                values[name] = read(text, tz)
             except BadValue as exc:
                 return f"{name}: {exc}"
-        derived: dict[str, Any] = {}
-        for extra in self.spec.derived:
-            reason = _derive(
-                extra.name, extra.type, extra.function, extra.optional, values, derived
-            )
-            if reason:
-                return reason
+        for name, function, check, optional in self._derives:
+            made = _derive(name, function, check, optional, values)
+            if isinstance(made, _Reason):
+                return made.text
+            values[name] = made
         row = []
-        for name, kind, convert in self._stores:
-            value = derived[name] if name in derived else values[name]
-            row.append(None if value is None else convert(kind.stored(value)))
+        for name, store in self._stores:
+            value = values[name]
+            row.append(value if store is None or value is None else store(value))
         return tuple(row)
+
+
+@dataclass(frozen=True)
+class _Reason:
+    text: str
 
 
 def _derive(
     name: str,
-    kind: CsvType,
-    function: Callable[[dict[str, Any]], Any],
+    function: Callable[[Any], Any],
+    check: Callable[[Any], Any],
     optional: bool,
     values: dict[str, Any],
-    into: dict[str, Any],
-) -> str | None:
+) -> Any:
+    """The derived value checked, or the reason the line is rejected."""
     try:
         value = function(values)
     except Exception as exc:
         text = " ".join(str(exc).replace("\0", "").split())[:_REASON_KEEP]
-        return f"{name}: cannot be derived ({type(exc).__name__}: {text})"
+        return _Reason(f"{name}: cannot be derived ({type(exc).__name__}: {text})")
     if value is None:
-        if not optional:
-            return f"{name}: derived no value"
-        into[name] = None
-        return None
+        return None if optional else _Reason(f"{name}: derived no value")
     try:
-        into[name] = kind.check_derived(value)
+        return check(value)
     except BadValue as exc:
-        return f"{name}: {exc}"
-    return None
-
-
-def _same(value: Any) -> Any:
-    return value
+        return _Reason(f"{name}: {exc}")

@@ -48,8 +48,9 @@ class CsvColumn:
 @dataclass(frozen=True)
 class Derived:
     """A table column computed from the row: ``function(row)`` gets the file's values by
-    column name (see each type for what it sees) and returns a value of ``type``; a value that
-    does not fit ``type``, or an exception, rejects the line. ``optional``: None is allowed."""
+    column name (see each type for what it sees; None for an empty optional one) and those of
+    the derived columns declared before it, and returns a value of ``type``; a value that does
+    not fit ``type``, or an exception, rejects the line. ``optional``: None is allowed."""
 
     name: str
     type: CsvType
@@ -178,6 +179,9 @@ def _check_names(
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise DeclarationError(f"{where}: {what} {repeated[0]!r} is declared twice")
+    for extra in derived:
+        if extra.name in header:
+            raise DeclarationError(f"{where}: derived column {extra.name!r} is also a file column")
     for name in stored:
         if not isinstance(name, str) or not IDENTIFIER.match(name):
             raise DeclarationError(

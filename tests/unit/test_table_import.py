@@ -10,6 +10,7 @@ from dataclasses import replace
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import inspect, select
@@ -33,6 +34,7 @@ from batchapp import (
 )
 from batchapp.celery import settings as app_settings
 from batchapp.jobs import JobContext
+from batchapp.jobs.csv_rows import LineParser
 from batchapp.jobs.discovery import DiscoveryError, discover
 from batchapp.jobs.registry import JobRegistry
 from batchapp.storage.engines import engine_for
@@ -298,3 +300,30 @@ def test_a_bad_header_is_refused_at_submit(
 
     assert str(raised.value).startswith(f"{NAME}: bad-header.csv: bad header: ")
     assert message in str(raised.value)
+
+
+def test_a_derived_column_that_fails_rejects_the_line_with_its_reason() -> None:
+    made = declare(
+        derived=[
+            Derived("ratio", CsvInt(), lambda row: row["qty"] // 0),
+            Derived("note", CsvText(max_len=3), lambda row: "long", optional=True),
+        ]
+    )
+    both = declare(derived=[Derived("note", CsvText(max_len=3), lambda row: "long")])
+    parse = LineParser(made.spec, made.spec.header, ZoneInfo("UTC"), str, str)
+    parse_note = LineParser(both.spec, both.spec.header, ZoneInfo("UTC"), str, str)
+    line = "A,1,1.00,2026-11-25T09:00:00,,"
+
+    assert (
+        parse(line)
+        == "ratio: cannot be derived (ZeroDivisionError: integer division or modulo by zero)"
+    )
+    assert parse_note(line) == "note: expected 1-3 characters, got 4"
+
+
+def test_a_derived_column_may_not_share_a_file_columns_name() -> None:
+    with pytest.raises(DeclarationError, match="derived column 'qty' is also a file column"):
+        declare(
+            columns=[*columns()[:1], CsvColumn("qty", CsvInt(), db_name="n")],
+            derived=[Derived("qty", CsvInt(), len)],
+        )
