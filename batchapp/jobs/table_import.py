@@ -21,14 +21,14 @@ The table is created if missing. See :mod:`batchapp.jobs.import_rows` for repeat
 
 from __future__ import annotations
 
-import inspect
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import date, datetime
+from inspect import currentframe
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sqlalchemy import Connection, Engine, Table
+from sqlalchemy import Connection, Engine, Table, inspect
 from sqlalchemy.exc import DatabaseError
 
 from batchapp.broker import queues
@@ -85,8 +85,9 @@ def resolve_data_path(data_dir: Path, name: str, job: str = "import_csv") -> Pat
     return real
 
 
-def ensure_table(engine: Engine, table: Table) -> None:
-    """Create ``table`` if it is missing, once per process and database."""
+def ensure_table(engine: Engine, table: Table, job: str) -> None:
+    """Create ``table`` if it is missing, once per process and database; an existing table
+    that lacks a declared column is a :class:`ParamError` (batchapp never alters it)."""
     key = (engine.url.render_as_string(hide_password=False), table.name)
     if key in _created:
         return
@@ -94,11 +95,18 @@ def ensure_table(engine: Engine, table: Table) -> None:
         try:
             with write_transaction(engine) as connection:
                 table.create(connection, checkfirst=True)
+                present = {c["name"] for c in inspect(connection).get_columns(table.name)}
             break
         except DatabaseError:
             # Another process created it between our check and our CREATE.
             if attempt == _CREATE_ATTEMPTS - 1:
                 raise
+    missing = [column.name for column in table.columns if column.name not in present]
+    if missing:
+        raise ParamError(
+            f"{job}: table {table.name} exists without column(s) {', '.join(missing)}; "
+            "add them or import into another table"
+        )
     _created.add(key)
 
 
@@ -137,7 +145,7 @@ class TableImport(Job):
             columns = read_header(header, self.spec.header)
         except HeaderError as exc:
             raise ParamError(f"{self.name}: {path.name}: {exc}") from None
-        ensure_table(ctx.engine, self.spec.table)
+        ensure_table(ctx.engine, self.spec.table, self.name)
         return {
             "path": str(path.relative_to(root)),
             "chunk_rows": chunk_rows,
@@ -184,7 +192,7 @@ class TableImport(Job):
 
     def prepare(self, params: dict[str, JSON], spec: dict[str, JSON], ctx: JobContext) -> Prepared:
         path = self._open_checked(params, ctx)
-        ensure_table(ctx.engine, self.spec.table)
+        ensure_table(ctx.engine, self.spec.table, self.name)
         sqlite = ctx.engine.dialect.name == "sqlite"
         parse = LineParser(
             spec=self.spec,
@@ -284,7 +292,7 @@ def csv_import(
 
 def _caller_module() -> str:
     """The module that called :func:`csv_import`: a job's origin when nothing is loading."""
-    frame = inspect.currentframe()
+    frame = currentframe()
     caller = frame.f_back.f_back if frame and frame.f_back else None
     return str(caller.f_globals.get("__name__", "unknown")) if caller else "unknown"
 

@@ -13,6 +13,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import inspect, select
 
 from batchapp import (
@@ -39,6 +41,7 @@ from batchapp.jobs.discovery import DiscoveryError, discover
 from batchapp.jobs.registry import JobRegistry
 from batchapp.storage.engines import engine_for
 from batchapp.storage.tables import ensure_schema, import_rejects
+from tests.hostile import field
 from tests.unit.conftest import RUN_DATA_DIR
 
 NAME = "test.orders"
@@ -327,3 +330,89 @@ def test_a_derived_column_may_not_share_a_file_columns_name() -> None:
             columns=[*columns()[:1], CsvColumn("qty", CsvInt(), db_name="n")],
             derived=[Derived("qty", CsvInt(), len)],
         )
+
+
+def test_an_existing_table_without_a_declared_column_is_refused_at_submit(ctx: JobContext) -> None:
+    name = f"test.narrow_{uuid.uuid4().hex[:6]}"
+    table = f"test_narrow_{uuid.uuid4().hex[:6]}"
+    with ctx.engine.begin() as connection:
+        connection.exec_driver_sql(f"CREATE TABLE {table} (id VARCHAR(16) PRIMARY KEY)")
+    (RUN_DATA_DIR / "narrow.csv").write_text("id\nA\n")
+    csv_import(name, table=table, columns=[CsvColumn("id", CsvText(), key=True)])
+    try:
+        with pytest.raises(ParamError) as raised:
+            ledger.submit(ctx, name, {"path": "narrow.csv"}, lambda *_: None)
+    finally:
+        del JOBS[name]
+
+    assert str(raised.value) == (
+        f"{name}: table {table} exists without column(s) batch_job_id, batch_line; "
+        "add them or import into another table"
+    )
+
+
+def test_an_int_key_repeated_across_chunks_keeps_its_first_line(ctx: JobContext) -> None:
+    name = f"test.counts_{uuid.uuid4().hex[:6]}"
+    made = csv_import(
+        name,
+        table=f"test_counts_{uuid.uuid4().hex[:6]}",
+        columns=[CsvColumn("n", CsvInt(), key=True), CsvColumn("day", CsvDate())],
+    )
+    (RUN_DATA_DIR / "counts.csv").write_text("day,n\n2026-01-01,7\n2026-01-02,8\n2026-01-03,7\n")
+    try:
+        view = ledger.submit(ctx, name, {"path": "counts.csv", "chunk_rows": 1}, lambda *_: None)
+        for index in (2, 1, 0):
+            ledger.run_chunk(ctx, view.id, index)
+        done = ledger.get(ctx, view.id)
+    finally:
+        del JOBS[name]
+    with ctx.engine.connect() as connection:
+        rows = connection.execute(select(made.spec.table.c.n, made.spec.table.c.day)).all()
+        rejects = connection.execute(
+            select(import_rejects.c.line, import_rejects.c.reason, import_rejects.c.raw).where(
+                import_rejects.c.job_id == view.id
+            )
+        ).all()
+
+    assert done.result == {"rows": 3, "imported": 2, "rejected": 1, "new": 2, "duplicates": 0}
+    assert sorted(rows) == [(7, date(2026, 1, 1)), (8, date(2026, 1, 2))]
+    assert rejects == [(4, "n 7 repeats line 2 (a file may hold a n once)", "7,2026-01-03")]
+
+
+GOOD_FIELDS = (
+    ("A-1", "B"),
+    ("1", "100"),
+    ("0", "19.9", "1000.00"),
+    ("2026-11-25T09:00:00+09:00", "2026-11-25 09:00:00"),
+    ("", "2026-11-25"),
+    ("", "yes", "0"),
+)
+
+
+@st.composite
+def order_line(draw: st.DrawFn) -> str:
+    """An orders line whose fields are each hostile one time in four."""
+    fields = [
+        draw(field if draw(st.integers(0, 3)) == 0 else st.sampled_from(good))
+        for good in GOOD_FIELDS
+    ]
+    return ",".join(fields[: draw(st.sampled_from((5, 6, 6, 6)))])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    line=order_line(), tz=st.sampled_from((ZoneInfo("Asia/Seoul"), ZoneInfo("America/New_York")))
+)
+def test_any_line_of_a_declared_import_is_a_row_or_a_short_reason(line: str, tz: ZoneInfo) -> None:
+    spec = declare().spec
+    result = LineParser(spec, spec.header, tz, lambda v: v, lambda v: v)(line)
+
+    if isinstance(result, str):
+        assert 0 < len(result) < 300 and "\0" not in result
+        return
+    row = dict(zip(spec.stored_names, result, strict=True))
+    assert 1 <= len(row["id"]) <= 16 and 1 <= row["qty"] <= 100 and 0 <= row["price"] <= 100_000
+    assert row["placed_at"].tzinfo is None and isinstance(row["placed_on"], date)
+    assert row["total_cents"] == row["qty"] * row["price"]
+    assert row["due"] is None or isinstance(row["due"], date)
+    assert row["gift"] in (None, True, False)
