@@ -6,8 +6,9 @@ the key over, and every later line of it is rejected naming the earliest. Whatev
 the file's first occurrence wins and the counts come out the same. A key stored by an earlier
 import is left alone (ON CONFLICT DO NOTHING): re-importing a file adds nothing.
 
-:func:`write_chunk` is the one entry point, so a bulk path (COPY into a staging table, then one
-INSERT ... SELECT) can take the place of the row-by-row INSERT without touching the job.
+:func:`write_chunk` is the one entry point; :func:`insert_rows` picks how rows go in: by COPY
+through a staging table on PostgreSQL (:mod:`batchapp.jobs.import_copy`), by executemany on
+SQLite.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from sqlalchemy import Connection, Table
 
 from batchapp.jobs.csv_rows import RAW_KEEP
+from batchapp.jobs.import_copy import copy_rows
 from batchapp.jobs.import_spec import ImportSpec
 from batchapp.storage.engines import placeholder
 
@@ -60,10 +62,7 @@ def write_chunk(
     repeats = Repeats(rejects=[])
     if prepared.rows:
         rows = [(*row, job_id) for row in prepared.rows]
-        names = (*spec.stored_names, spec.line_column, spec.job_column)
-        insert = insert_sql(connection, spec.table, spec.key.stored_name, names)
-        result = connection.exec_driver_sql(insert, rows)
-        new = max(result.rowcount, 0)
+        new = insert_rows(connection, spec, rows)
         if new < len(rows):  # some keys were there already: from this file, or from before
             repeats = _settle_repeats(connection, spec, job_id, prepared.rows)
     rejects: list[tuple[Any, ...]] = [(job_id, *r, None) for r in prepared.rejects]
@@ -73,6 +72,16 @@ def write_chunk(
     imported = len(prepared.rows) - repeats.own - repeats.taken_over
     rejected = len(prepared.rejects) + repeats.own + repeats.taken_over
     return Written(imported=imported, rejected=rejected, new=new)
+
+
+def insert_rows(connection: Connection, spec: ImportSpec, rows: list[tuple[Any, ...]]) -> int:
+    """Insert rows (data columns, line, job id) skipping keys already there; how many were new.
+    PostgreSQL takes them by COPY, SQLite by one executemany."""
+    names = (*spec.stored_names, spec.line_column, spec.job_column)
+    if connection.dialect.name == "postgresql":
+        return copy_rows(connection, spec, names, rows)
+    insert = insert_sql(connection, spec.table, spec.key.stored_name, names)
+    return max(connection.exec_driver_sql(insert, rows).rowcount, 0)
 
 
 def _settle_repeats(
