@@ -21,12 +21,11 @@ The table is created if missing. See :mod:`batchapp.jobs.import_rows` for repeat
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import date, datetime
 from inspect import currentframe
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, inspect
 from sqlalchemy.exc import DatabaseError
@@ -34,7 +33,6 @@ from sqlalchemy.exc import DatabaseError
 from batchapp.broker import queues
 from batchapp.jobs.base import (
     JSON,
-    MAX_CHUNKS,
     Chunk,
     ChunkOutcome,
     Job,
@@ -45,44 +43,17 @@ from batchapp.jobs.base import (
     str_param,
 )
 from batchapp.jobs.csv_rows import MAX_LINE_BYTES, RAW_KEEP, HeaderError, LineParser, read_header
+from batchapp.jobs.data_files import FileChanged, plan_line_chunks, read_lines, resolve_data_path
 from batchapp.jobs.import_rows import Prepared, storable, write_chunk
 from batchapp.jobs.import_spec import CsvColumn, Derived, ImportSpec, check_spec
 from batchapp.jobs.registry import JOBS
 from batchapp.storage.engines import write_transaction
-from batchapp.validate import shown
 
-SCAN_BLOCK = 1 << 20
+__all__ = ["FileChanged", "TableImport", "csv_import", "ensure_table", "resolve_data_path"]
+
 _CREATE_ATTEMPTS = 5
 # (database URL, table) pairs this process has made sure of.
 _created: set[tuple[str, str]] = set()
-
-
-class FileChanged(RuntimeError):
-    """The file is not the one the job was planned on."""
-
-
-def resolve_data_path(data_dir: Path, name: str, job: str = "import_csv") -> Path:
-    """``name`` as a real file inside ``data_dir``; anything that leads outside is refused."""
-    if "\0" in name:
-        raise ParamError(f"{job}: path contains a NUL byte")
-    root = data_dir.resolve()
-    candidate = Path(name) if os.path.isabs(name) else root / name
-    try:
-        real = candidate.resolve(strict=True)
-    except FileNotFoundError:
-        raise ParamError(
-            f"{job}: file not found: {shown(name)} (paths are relative to BATCHAPP_DATA_DIR {root})"
-        ) from None
-    except (OSError, RuntimeError) as exc:
-        raise ParamError(f"{job}: cannot resolve {shown(name)}: {exc}") from None
-    if not real.is_relative_to(root):
-        raise ParamError(
-            f"{job}: {shown(name)} is outside BATCHAPP_DATA_DIR ({root}); "
-            "only files inside it can be imported"
-        )
-    if not real.is_file():
-        raise ParamError(f"{job}: {shown(name)} is not a regular file")
-    return real
 
 
 def ensure_table(engine: Engine, table: Table, job: str) -> None:
@@ -157,38 +128,7 @@ class TableImport(Job):
     def plan(self, params: dict[str, JSON], ctx: JobContext) -> Iterator[dict[str, JSON]]:
         """Chunks of ``chunk_rows`` lines after the header, found by counting newlines."""
         path = self._open_checked(params, ctx)
-        chunk_rows: int = params["chunk_rows"]
-        specs = []
-        with path.open("rb") as file:
-            offset = len(file.readline(MAX_LINE_BYTES + 1))
-            if offset > MAX_LINE_BYTES:
-                raise ParamError(f"{self.name}: the header line is too long")
-            start, first_line, lines = offset, 2, 0
-            tail_open = False
-            while block := file.read(SCAN_BLOCK):
-                position = 0
-                while True:
-                    newline = block.find(b"\n", position)
-                    if newline < 0:
-                        tail_open = position < len(block)
-                        break
-                    lines += 1
-                    position = newline + 1
-                    if lines == chunk_rows:
-                        end = offset + position
-                        specs.append({"offset": start, "line": first_line, "lines": lines})
-                        start, first_line, lines = end, first_line + lines, 0
-                offset += len(block)
-                if len(specs) > MAX_CHUNKS:
-                    raise ParamError(
-                        f"{self.name}: more than {MAX_CHUNKS:,} chunks of {chunk_rows:,} rows; "
-                        "use a larger chunk_rows"
-                    )
-            if tail_open:
-                lines += 1  # a last line without a newline is still a row
-            if lines:
-                specs.append({"offset": start, "line": first_line, "lines": lines})
-        return iter(specs)
+        return iter(plan_line_chunks(path, params["chunk_rows"], self.name))
 
     def prepare(self, params: dict[str, JSON], spec: dict[str, JSON], ctx: JobContext) -> Prepared:
         path = self._open_checked(params, ctx)
@@ -206,7 +146,7 @@ class TableImport(Job):
         rejects: list[tuple[int, str, str]] = []
         with path.open("rb") as file:
             file.seek(spec["offset"])
-            for number, raw in _lines(file, spec["line"], spec["lines"]):
+            for number, raw in read_lines(file, spec["line"], spec["lines"]):
                 if isinstance(raw, str):  # the reader already rejected it
                     rejects.append((number, raw, ""))
                     continue
@@ -295,20 +235,6 @@ def _caller_module() -> str:
     frame = currentframe()
     caller = frame.f_back.f_back if frame and frame.f_back else None
     return str(caller.f_globals.get("__name__", "unknown")) if caller else "unknown"
-
-
-def _lines(file: BinaryIO, first: int, count: int) -> Iterator[tuple[int, bytes | str]]:
-    """(line number, bytes) for ``count`` lines; an over-long line comes as its reject reason."""
-    for number in range(first, first + count):
-        raw = file.readline(MAX_LINE_BYTES + 1)
-        if len(raw) > MAX_LINE_BYTES:
-            skipped = len(raw)
-            while raw and not raw.endswith(b"\n"):
-                raw = file.readline(SCAN_BLOCK)
-                skipped += len(raw)
-            yield number, f"line longer than {MAX_LINE_BYTES:,} bytes ({skipped:,} bytes)"
-        else:
-            yield number, raw
 
 
 def _keep(raw: bytes) -> str:

@@ -359,18 +359,12 @@ def test_an_int_key_repeated_across_chunks_keeps_its_first_line(ctx: JobContext)
         columns=[CsvColumn("n", CsvInt(), key=True), CsvColumn("day", CsvDate())],
     )
     (RUN_DATA_DIR / "counts.csv").write_text("day,n\n2026-01-01,7\n2026-01-02,8\n2026-01-03,7\n")
-    try:
-        view = ledger.submit(ctx, name, {"path": "counts.csv", "chunk_rows": 1}, lambda *_: None)
-        for index in (2, 1, 0):
-            ledger.run_chunk(ctx, view.id, index)
-        done = ledger.get(ctx, view.id)
-    finally:
-        del JOBS[name]
+    done = run_once(ctx, made, "counts.csv", order=(2, 1, 0))
     with ctx.engine.connect() as connection:
         rows = connection.execute(select(made.spec.table.c.n, made.spec.table.c.day)).all()
         rejects = connection.execute(
             select(import_rejects.c.line, import_rejects.c.reason, import_rejects.c.raw).where(
-                import_rejects.c.job_id == view.id
+                import_rejects.c.job_id == done.id
             )
         ).all()
 
@@ -416,3 +410,30 @@ def test_any_line_of_a_declared_import_is_a_row_or_a_short_reason(line: str, tz:
     assert row["total_cents"] == row["qty"] * row["price"]
     assert row["due"] is None or isinstance(row["due"], date)
     assert row["gift"] in (None, True, False)
+
+
+def test_sql_keywords_as_table_and_column_names_are_quoted(ctx: JobContext) -> None:
+    name = f"test.keywords_{uuid.uuid4().hex[:6]}"
+    made = csv_import(
+        name,
+        table="order",
+        columns=[CsvColumn("select", CsvText(), key=True), CsvColumn("from", CsvInt())],
+    )
+    (RUN_DATA_DIR / "keywords.csv").write_text("select,from\nA,1\nB,2\nA,3\n")
+    done = run_once(ctx, made, "keywords.csv", order=(2, 0, 1))
+    with ctx.engine.connect() as connection:
+        rows = connection.execute(select(made.spec.table.c["select"], made.spec.table.c["from"]))
+
+        assert sorted(rows.all()) == [("A", 1), ("B", 2)]
+    assert done.result == {"rows": 3, "imported": 2, "rejected": 1, "new": 2, "duplicates": 0}
+
+
+def run_once(ctx: JobContext, job: TableImport, path: str, order: Sequence[int]) -> ledger.JobView:
+    """Import ``path`` with one-line chunks run here in ``order``, then unregister ``job``."""
+    try:
+        view = ledger.submit(ctx, job.name, {"path": path, "chunk_rows": 1}, lambda *_: None)
+        for index in order:
+            ledger.run_chunk(ctx, view.id, index)
+        return ledger.get(ctx, view.id)
+    finally:
+        del JOBS[job.name]
