@@ -9,6 +9,10 @@ The public job API is imported from here::
     def squares(spec, params):
         return sum(i * i for i in range(spec["first"], spec["last"] + 1))
 
+A CSV into a table of your own is declared with ``csv_import`` and the ``Csv...`` column
+types (``CsvColumn``, ``CsvInt``, ``CsvDecimal``, ``CsvText``, ``CsvDate``, ``CsvTimestamp``,
+``CsvBool``, ``Derived``); see docs/jobs.md.
+
 Its names are loaded on first use, so ``import batchapp`` stays light: it neither loads the
 settings nor makes the Celery app, which lives in :mod:`batchapp.celery` (``celery -A
 batchapp`` finds it there); tasks live in :mod:`batchapp.tasks`.
