@@ -9,6 +9,10 @@ The public job API is imported from here::
     def squares(spec, params):
         return sum(i * i for i in range(spec["first"], spec["last"] + 1))
 
+A CSV into a table of your own is declared with ``csv_import`` and the ``Csv...`` column
+types (``CsvColumn``, ``CsvInt``, ``CsvDecimal``, ``CsvText``, ``CsvDate``, ``CsvTimestamp``,
+``CsvBool``, ``Derived``); see docs/jobs.md.
+
 Its names are loaded on first use, so ``import batchapp`` stays light: it neither loads the
 settings nor makes the Celery app, which lives in :mod:`batchapp.celery` (``celery -A
 batchapp`` finds it there); tasks live in :mod:`batchapp.tasks`.
@@ -21,9 +25,21 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from batchapp.jobs.base import Chunk, ChunkOutcome, Job, JobContext, ParamError
+    from batchapp.jobs.columns import (
+        CsvBool,
+        CsvDate,
+        CsvDecimal,
+        CsvInt,
+        CsvText,
+        CsvTimestamp,
+        CsvType,
+        DeclarationError,
+    )
     from batchapp.jobs.decorator import FunctionJob, job, ranges
+    from batchapp.jobs.import_spec import CsvColumn, Derived
     from batchapp.jobs.params import Bool, Choice, Float, Int, Param, Str
     from batchapp.jobs.registry import JOBS, JobRegistryError
+    from batchapp.jobs.table_import import TableImport, csv_import
 
 __version__ = "0.1.0"
 
@@ -45,6 +61,18 @@ _API = {
     "Choice": "batchapp.jobs.params",
     "JOBS": "batchapp.jobs.registry",
     "JobRegistryError": "batchapp.jobs.registry",
+    "csv_import": "batchapp.jobs.table_import",
+    "TableImport": "batchapp.jobs.table_import",
+    "CsvColumn": "batchapp.jobs.import_spec",
+    "Derived": "batchapp.jobs.import_spec",
+    "CsvType": "batchapp.jobs.columns",
+    "CsvInt": "batchapp.jobs.columns",
+    "CsvDecimal": "batchapp.jobs.columns",
+    "CsvText": "batchapp.jobs.columns",
+    "CsvDate": "batchapp.jobs.columns",
+    "CsvTimestamp": "batchapp.jobs.columns",
+    "CsvBool": "batchapp.jobs.columns",
+    "DeclarationError": "batchapp.jobs.columns",
 }
 
 __all__ = [
@@ -53,6 +81,16 @@ __all__ = [
     "Choice",
     "Chunk",
     "ChunkOutcome",
+    "CsvBool",
+    "CsvColumn",
+    "CsvDate",
+    "CsvDecimal",
+    "CsvInt",
+    "CsvText",
+    "CsvTimestamp",
+    "CsvType",
+    "DeclarationError",
+    "Derived",
     "Float",
     "FunctionJob",
     "Int",
@@ -62,6 +100,8 @@ __all__ = [
     "Param",
     "ParamError",
     "Str",
+    "TableImport",
+    "csv_import",
     "job",
     "ranges",
 ]

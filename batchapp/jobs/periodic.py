@@ -13,6 +13,7 @@ from batchapp.jobs.base import JSON, Chunk, ChunkOutcome, Job, JobContext, check
 from batchapp.storage.tables import (
     chunks,
     executions,
+    import_rejects,
     jobs,
     locks,
     sales,
@@ -77,7 +78,8 @@ class Cleanup(_SingleChunk):
         old = select(jobs.c.id).where(jobs.c.finished_at < cutoff).scalar_subquery()
         connection.execute(delete(chunks).where(chunks.c.job_id.in_(old)))
         connection.execute(delete(executions).where(executions.c.job_id.in_(old)))
-        connection.execute(delete(sales_rejects).where(sales_rejects.c.job_id.in_(old)))
+        for rejects in (sales_rejects, import_rejects):
+            connection.execute(delete(rejects).where(rejects.c.job_id.in_(old)))
         removed = connection.execute(delete(jobs).where(jobs.c.finished_at < cutoff)).rowcount
         connection.execute(delete(locks).where(locks.c.expires_at < now))
         return ChunkOutcome(items_done=removed, output={"jobs_removed": removed})

@@ -1,4 +1,4 @@
-"""The sales CSV format: one sale per line, checked field by field.
+"""The sales CSV format: one sale per line, a declared import into the ``sales`` table.
 
     order_id,sold_at,store,sku,quantity,unit_price
     S-000000001,2026-11-24T13:05:09+09:00,SEOUL-03,SKU-0042,2,19.90
@@ -10,164 +10,102 @@
 - ``quantity``: an integer from 1 to 1,000,000 (ASCII digits).
 - ``unit_price``: a decimal with at most 2 places, from 0 to 999,999,999.99 (ASCII digits).
 
-The header names the columns (any order, no extras). Fields may be quoted; a record may not
-span lines, nor hold a NUL. A line that fails a check is rejected with its line number and the
-reason; a check never raises, whatever the line holds.
+The table also holds ``sold_on`` (the local day of ``sold_at``) and ``amount_cents``
+(quantity times unit price). Header and line rules are those of every declared import
+(:mod:`batchapp.jobs.csv_rows`). Also here: a writer of realistic sample files.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import os
 import random
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from batchapp.validate import shown
+from batchapp.jobs.columns import CsvDate, CsvDecimal, CsvInt, CsvText, CsvTimestamp
+from batchapp.jobs.csv_rows import MAX_LINE_BYTES, RAW_KEEP, HeaderError, LineParser, Row
+from batchapp.jobs.csv_rows import read_header as read_declared_header
+from batchapp.jobs.import_spec import CsvColumn, Derived, check_spec
+from batchapp.storage.tables import sales, sales_rejects
 
-COLUMNS = ("order_id", "sold_at", "store", "sku", "quantity", "unit_price")
-MAX_LINE_BYTES = 64 * 1024
+__all__ = [
+    "COLUMNS",
+    "MAX_LINE_BYTES",
+    "RAW_KEEP",
+    "SALES",
+    "HeaderError",
+    "Row",
+    "RowParser",
+    "SampleStats",
+    "SampleTargetError",
+    "check_sample_target",
+    "read_header",
+    "write_sample",
+]
+
 MAX_QUANTITY = 1_000_000
-RAW_KEEP = 200
-SHOWN_NAMES = 5
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
-_ORDER_ID = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
-# [0-9], not \d: \d also matches other scripts' digits ('١٢'), which quantity refuses too.
-_PRICE = re.compile(r"([0-9]{1,9})(?:\.([0-9]{1,2}))?\Z")
+SALES = check_spec(
+    "import_csv",
+    table=sales,
+    # Kept from before declared imports existed: its own rejects table and bookkeeping names.
+    rejects=sales_rejects,
+    job_column="job_id",
+    line_column="line",
+    columns=[
+        CsvColumn(
+            "order_id",
+            CsvText(
+                max_len=64, pattern=r"[A-Za-z0-9_-]+", pattern_help="letters, digits, '-' or '_'"
+            ),
+            key=True,
+        ),
+        CsvColumn("sold_at", CsvTimestamp()),
+        CsvColumn("store", CsvText(max_len=32)),
+        CsvColumn("sku", CsvText(max_len=32)),
+        CsvColumn("quantity", CsvInt(min=1, max=MAX_QUANTITY)),
+        CsvColumn(
+            "unit_price", CsvDecimal(places=2, max="999999999.99"), db_name="unit_price_cents"
+        ),
+    ],
+    derived=[
+        Derived("sold_on", CsvDate(), lambda row: row["sold_at"].date()),
+        Derived("amount_cents", CsvInt(min=0), lambda row: row["quantity"] * row["unit_price"]),
+    ],
+)
+COLUMNS = SALES.header
+
 _SAMPLE_FIRST_ROW = re.compile(rb"(S[0-9]*-[0-9]{9})?,")
-
-Row = tuple[Any, ...]
-"""order_id, sold_at (UTC), sold_on (local day), store, sku, quantity, unit and total cents."""
-
-
-class HeaderError(ValueError):
-    """The header line does not name exactly the sales columns."""
 
 
 def read_header(first_line: bytes) -> tuple[str, ...]:
-    """The column order the header gives; :class:`HeaderError` says what is missing or extra."""
-    try:
-        text = first_line.decode("utf-8-sig").strip()
-    except UnicodeDecodeError:
-        raise HeaderError("the header line is not valid UTF-8") from None
-    if not text:
-        raise HeaderError(f"the first line must be a header: {','.join(COLUMNS)}")
-    try:
-        names = tuple(name.strip().lower() for name in next(csv.reader([text], strict=True)))
-    except csv.Error as exc:
-        raise HeaderError(f"the header line is not CSV: {exc}") from None
-    missing = [name for name in COLUMNS if name not in names]
-    extra = [name for name in names if name not in COLUMNS]
-    duplicated = sorted({name for name in names if names.count(name) > 1})
-    problems = []
-    if missing:
-        problems.append(f"missing column(s) {', '.join(missing)}")
-    if extra:
-        problems.append(f"unknown column(s) {_some(extra)}")
-    if duplicated:
-        problems.append(f"repeated column(s) {_some(duplicated)}")
-    if problems:
-        raise HeaderError(f"bad header: {'; '.join(problems)} (expected {','.join(COLUMNS)})")
-    return names
+    """The column order a sales header gives; :class:`HeaderError` says what is wrong."""
+    return read_declared_header(first_line, COLUMNS)
 
 
-def _some(names: list[str]) -> str:
-    """The first few names, each cut short: a bad header can be a 64 KiB line of them."""
-    listed = ", ".join(shown(name, 40) for name in names[:SHOWN_NAMES])
-    more = len(names) - SHOWN_NAMES
-    return f"{listed} and {more:,} more" if more > 0 else listed
-
-
-@dataclass(frozen=True)
 class RowParser:
-    """Turns one line into a :data:`Row`, or a reason it is rejected."""
+    """Turns one sales line into a :data:`Row` in the ``sales`` table's column order
+    (order_id, sold_at in UTC, sold_on, store, sku, quantity, unit and total cents), or a
+    reason it is rejected."""
 
-    columns: tuple[str, ...]
-    tz: ZoneInfo
-    to_db_time: Callable[[datetime], Any]
-    to_db_date: Callable[[date], Any]
+    def __init__(
+        self,
+        columns: tuple[str, ...],
+        tz: ZoneInfo,
+        to_db_time: Callable[[datetime], Any],
+        to_db_date: Callable[[date], Any],
+    ) -> None:
+        self._parse = LineParser(SALES, tuple(columns), tz, to_db_time, to_db_date)
 
     def __call__(self, line: str) -> Row | str:
-        if not line:
-            return "empty line"
-        if "\0" in line:
-            # PostgreSQL text cannot hold NUL, and no field has a use for one.
-            return f"NUL character at column {line.index(chr(0)) + 1}"
-        if '"' in line:
-            try:
-                fields = next(csv.reader([line], strict=True))
-            except csv.Error as exc:
-                return f"malformed quoting: {exc}"
-        else:
-            fields = line.split(",")
-        if len(fields) != len(COLUMNS):
-            return f"expected {len(COLUMNS)} fields, got {len(fields)}"
-        value = dict(zip(self.columns, fields, strict=True))
-
-        order_id = value["order_id"].strip()
-        if not _ORDER_ID.match(order_id):
-            return f"order_id: expected 1-64 letters, digits, '-' or '_', got {shown(order_id)}"
-
-        sold_at_text = value["sold_at"].strip()
-        try:
-            sold_at = datetime.fromisoformat(sold_at_text)
-        except ValueError:
-            return f"sold_at: not an ISO 8601 date and time: {shown(sold_at_text)}"
-        try:
-            if sold_at.tzinfo is None:
-                utc = sold_at.replace(tzinfo=self.tz).astimezone(UTC)
-                local = utc.astimezone(self.tz)
-                if local.replace(tzinfo=None) != sold_at:
-                    return f"sold_at: {sold_at_text!r} does not exist in {self.tz} (clocks skip it)"
-            else:
-                utc = sold_at.astimezone(UTC)
-                local = sold_at.astimezone(self.tz)
-        except OverflowError:
-            # Year 1 or 9999 with an offset: the moment lies outside what datetime can hold.
-            return f"sold_at: out of range (year 1 to 9999 in UTC and {self.tz}): {sold_at_text!r}"
-        sold_on = local.date()
-        sold_at_utc = utc.replace(tzinfo=None)
-
-        store = value["store"].strip()
-        if not 1 <= len(store) <= 32:
-            return f"store: expected 1-32 characters, got {len(store)}"
-        sku = value["sku"].strip()
-        if not 1 <= len(sku) <= 32:
-            return f"sku: expected 1-32 characters, got {len(sku)}"
-
-        quantity_text = value["quantity"].strip()
-        if not (quantity_text.isascii() and quantity_text.isdigit()):
-            return f"quantity: not a whole number: {shown(quantity_text)}"
-        if len(quantity_text) > 20:  # int() refuses 4,300+ digits with an exception
-            return f"quantity: must be between 1 and {MAX_QUANTITY:,}, got {shown(quantity_text)}"
-        quantity = int(quantity_text)
-        if not 1 <= quantity <= MAX_QUANTITY:
-            return f"quantity: must be between 1 and {MAX_QUANTITY:,}, got {quantity:,}"
-
-        price_text = value["unit_price"].strip()
-        price = _PRICE.match(price_text)
-        if price is None:
-            return f"unit_price: expected a decimal with at most 2 places, got {shown(price_text)}"
-        whole, fraction = price.groups()
-        unit_cents = int(whole) * 100 + int((fraction or "0").ljust(2, "0"))
-
-        return (
-            order_id,
-            self.to_db_time(sold_at_utc),
-            self.to_db_date(sold_on),
-            store,
-            sku,
-            quantity,
-            unit_cents,
-            unit_cents * quantity,
-        )
+        return self._parse(line)
 
 
 @dataclass(frozen=True)

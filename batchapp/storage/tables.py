@@ -173,16 +173,24 @@ sales = Table(
     Column("line", BigInteger),
 )
 
-sales_rejects = Table(
-    "sales_rejects",
-    metadata,
-    Column("job_id", String(32), primary_key=True),
-    Column("line", BigInteger, primary_key=True),
-    Column("reason", Text, nullable=False),
-    Column("raw", Text, nullable=False),
-    # For an order_id repeated in one file: the line of its first occurrence.
-    Column("first_line", BigInteger),
-)
+
+def _rejects_table(name: str) -> Table:
+    """A CSV import's rejected lines: the job, the line, why, and the line's start."""
+    return Table(
+        name,
+        metadata,
+        Column("job_id", String(32), primary_key=True),
+        Column("line", BigInteger, primary_key=True),
+        Column("reason", Text, nullable=False),
+        Column("raw", Text, nullable=False),
+        # For a key repeated in one file: the line of its first occurrence.
+        Column("first_line", BigInteger),
+    )
+
+
+# The sales import's, kept from before declared imports; every declared import shares the other.
+sales_rejects = _rejects_table("sales_rejects")
+import_rejects = _rejects_table("batch_import_rejects")
 
 sales_daily = Table(
     "sales_daily",

@@ -26,7 +26,7 @@ from batchapp.broker import queues, routing
 from batchapp.celery import app
 from batchapp.celery import settings as app_settings
 from batchapp.cli.processes import CeleryProcess
-from batchapp.jobs import JobContext, import_csv
+from batchapp.jobs import JobContext, import_rows
 from batchapp.jobs.sales_csv import write_sample
 from batchapp.storage.engines import engine_for
 from batchapp.storage.tables import ensure_schema, sales_rejects
@@ -242,7 +242,7 @@ def test_two_chunks_taking_one_id_over_at_once_on_postgresql(
 
     second_inserted, second_go = threading.Event(), threading.Event()
     taken, first_go = threading.Event(), threading.Event()
-    holders, take_over = import_csv._holders, import_csv._take_over
+    holders, take_over = import_rows._holders, import_rows._take_over
 
     def holders_after_a_pause(*args: Any) -> Any:
         if threading.current_thread().name == "second":
@@ -255,8 +255,8 @@ def test_two_chunks_taking_one_id_over_at_once_on_postgresql(
         taken.set()
         first_go.wait(RESULT_TIMEOUT)
 
-    monkeypatch.setattr(import_csv, "_holders", holders_after_a_pause)
-    monkeypatch.setattr(import_csv, "_take_over", take_over_then_hold)
+    monkeypatch.setattr(import_rows, "_holders", holders_after_a_pause)
+    monkeypatch.setattr(import_rows, "_take_over", take_over_then_hold)
     first = threading.Thread(target=ledger.run_chunk, args=(ctx, view.id, 0), name="first")
     second = threading.Thread(target=ledger.run_chunk, args=(ctx, view.id, 1), name="second")
     try:
