@@ -20,6 +20,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from batchapp.beat.timing import cron, every
     from batchapp.jobs.base import Chunk, ChunkOutcome, Job, JobContext, ParamError
     from batchapp.jobs.decorator import FunctionJob, job, ranges
     from batchapp.jobs.params import Bool, Choice, Float, Int, Param, Str
@@ -44,6 +45,8 @@ _API = {
     "Bool": "batchapp.jobs.params",
     "Choice": "batchapp.jobs.params",
     "JOBS": "batchapp.jobs.registry",
+    "every": "batchapp.beat.timing",
+    "cron": "batchapp.beat.timing",
     "JobRegistryError": "batchapp.jobs.registry",
 }
 
@@ -62,6 +65,8 @@ __all__ = [
     "Param",
     "ParamError",
     "Str",
+    "cron",
+    "every",
     "job",
     "ranges",
 ]
