@@ -1,12 +1,14 @@
-"""Stored schedules on a running deployment: `batchapp schedule add` fires within one beat
-interval, pause stops it, resume restarts it, remove stops it; and with two beats, the leader
-SIGKILLed, the stored entry keeps firing with no tick sent twice. On SQLite and PostgreSQL.
+"""Schedules on a running deployment: a job's declared schedule runs; `batchapp schedule add`
+fires within one beat interval, pause stops it, resume restarts it, remove stops it; and with
+two beats, the leader SIGKILLed, the stored entry keeps firing with no tick sent twice. The
+stored entries on SQLite and PostgreSQL.
 
 Every send is read from the beats' logs and every run from the ledger (one job per tick).
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from itertools import pairwise
@@ -25,6 +27,7 @@ from tests.support import run_cli
 INTERVAL_S = 3.0
 EVERY_S = 2.0
 JOB = "parallel_sum"
+DECLARING_JOBS = {"BATCHAPP_JOBS": "tests.scheduled_jobs"}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -76,6 +79,38 @@ def two_more_code_ticks(beat: CeleryProcess) -> None:
     """Let beat tick twice more (every INTERVAL_S), long enough for a stored entry to fire."""
     seen = beat.log().count("beat: sent calculate-sum")
     beat.wait_for_log("beat: sent calculate-sum", timeout=30, count=seen + 2)
+
+
+def test_a_job_that_declares_a_schedule_runs_on_it(stack: Stack) -> None:
+    env = {**stack.env, **DECLARING_JOBS, "BATCHAPP_BEAT_INTERVAL": str(INTERVAL_S)}
+    worker = stack.worker("declared", **env)
+    beat = stack.beat(**env)
+    try:
+        wait_for_sends([beat], "acme.heartbeat", 2)
+    finally:
+        beat.stop()
+    try:
+        deadline = time.monotonic() + RESULT_TIMEOUT
+        while len(results := heartbeat_results(stack.database_url)) < 2:
+            assert time.monotonic() < deadline, results
+            time.sleep(0.1)
+    finally:
+        worker.stop()
+    listed = json.loads(cli(env, "--json"))
+
+    assert results[:2] == [5, 5]
+    [entry] = [e for e in listed if e["name"] == "acme.heartbeat"]
+    assert (entry["source"], entry["schedule"], entry["kwargs"]) == ("code", "every 2 s", {"n": 5})
+
+
+def heartbeat_results(url: str) -> list[object]:
+    with engine_for(url).connect() as connection:
+        rows = connection.execute(
+            select(jobs.c.result)
+            .where(jobs.c.name == "acme.heartbeat", jobs.c.status == "succeeded")
+            .order_by(jobs.c.created_at)
+        ).all()
+    return [result for (result,) in rows]
 
 
 @pytest.mark.slow
