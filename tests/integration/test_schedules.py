@@ -148,7 +148,8 @@ def test_an_added_entry_fires_and_pause_resume_remove_take_effect(
 
     print(
         f"\nstored entry every {EVERY_S:g} s (beat interval {INTERVAL_S:g} s): first sent "
-        f"{first - added_at:.2f} s after add; {before_remove} sends, {len(runs)} runs"
+        f"{first - added_at:.2f} s after add; {while_paused} sent while paused, "
+        f"{after_remove} after remove; {before_remove} sends, {len(runs)} runs"
     )
     assert first - added_at < EVERY_S + INTERVAL_S
     assert while_paused <= 1  # a tick sent before the leader saw the pause, at most
