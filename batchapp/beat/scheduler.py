@@ -29,7 +29,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from batchapp.beat import leases, stored
 from batchapp.beat.entries import code_entries, stored_entry
-from batchapp.beat.timing import ScheduleError
+from batchapp.beat.timing import ScheduleError, checked
 from batchapp.celery import settings
 from batchapp.jobs import JOBS
 from batchapp.runtime import job_context
@@ -206,6 +206,11 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
                 logger.warning(
                     "beat: stored entry %s skipped: an entry in code has its name", row.name
                 )
+                continue
+            try:
+                checked(row.schedule)
+            except ScheduleError as exc:
+                logger.error("beat: stored entry %s skipped: %s", row.name, exc)
                 continue
             last_run_at, count = runs.get(row.name, (row.since, 0))
             entry = self.Entry(

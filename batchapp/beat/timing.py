@@ -111,6 +111,12 @@ def cron(expression: Any) -> Cron:
     return normalized
 
 
+def checked(schedule: Schedule) -> Schedule:
+    """``schedule`` checked again, as :func:`every` or :func:`cron` checks (a stored row may have
+    been edited by hand)."""
+    return every(schedule.seconds) if isinstance(schedule, Every) else cron(schedule.expression)
+
+
 def check_schedule(schedule: Any, params: Any, where: str) -> None:
     """A TypeError naming ``where`` unless ``schedule`` is a schedule (or None) and ``params`` a
     mapping of parameter names."""

@@ -11,23 +11,44 @@ from __future__ import annotations
 import json
 import signal
 import time
+from collections.abc import Iterator
 from itertools import pairwise
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from batchapp.beat import leases
 from batchapp.cli.processes import CeleryProcess
 from batchapp.storage.engines import engine_for
-from batchapp.storage.tables import jobs
+from batchapp.storage.tables import beat_entries, ensure_schema, jobs, schedule_changes, schedules
 from tests.integration.conftest import RESULT_TIMEOUT, Stack
 from tests.integration.test_beat_leader import sends
 from tests.support import run_cli
+from tests.unit.test_schedules import (  # noqa: F401 - collected here, on PostgreSQL
+    test_a_taken_or_unknown_name_is_refused_and_changes_nothing,
+    test_an_entry_is_stored_listed_paused_resumed_and_removed,
+    test_every_change_moves_the_counter_and_a_no_op_does_not,
+    test_removing_an_entry_forgets_its_last_run,
+    test_two_adds_of_one_name_at_once_store_one_entry,
+)
 
 INTERVAL_S = 3.0
 EVERY_S = 2.0
 JOB = "parallel_sum"
 DECLARING_JOBS = {"BATCHAPP_JOBS": "tests.scheduled_jobs"}
+
+
+@pytest.fixture
+def engine(postgres_url: str) -> Iterator[Engine]:
+    """The store's tests of tests/unit/test_schedules.py, on PostgreSQL in Asia/Seoul; the
+    beats of the tests below find no entry they left."""
+    engine = engine_for(postgres_url + "?options=-c%20timezone%3DAsia/Seoul")
+    ensure_schema(engine)
+    yield engine
+    with engine.begin() as connection:
+        for table in (schedules, schedule_changes, beat_entries):
+            connection.execute(table.delete())
+    engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -7,6 +7,7 @@ tests/integration/test_schedules.py runs real beats and workers on them.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from batchapp.cli.commands import main
 from batchapp.jobs import JobContext
 from batchapp.jobs.periodic import SalesReport
 from batchapp.storage.engines import engine_for
-from batchapp.storage.tables import ensure_schema
+from batchapp.storage.tables import ensure_schema, schedules
 from tests.unit.conftest import RUN_DATA_DIR
 
 T0 = datetime(2026, 12, 1, 3, 0, 0)
@@ -218,6 +219,29 @@ def test_a_malformed_name_is_refused(engine: Engine, name: str) -> None:
     assert stored.entries(engine) == []
 
 
+def test_two_adds_of_one_name_at_once_store_one_entry(engine: Engine) -> None:
+    outcomes: list[str] = []
+    start = threading.Barrier(2)
+
+    def add(job: str) -> None:
+        start.wait()
+        try:
+            stored.add(engine, "race", job, {}, every(5), T0)
+            outcomes.append("added")
+        except ScheduleNameError:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=add, args=(job,)) for job in ("report", "cleanup")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sorted(outcomes) == ["added", "refused"]
+    assert [entry.name for entry in stored.entries(engine)] == ["race"]
+    assert stored.version(engine) == 1
+
+
 def test_removing_an_entry_forgets_its_last_run(engine: Engine) -> None:
     stored.add(engine, "a", "report", {}, every(5), T0)
     assert leases.acquire(engine, LEASE, "me", timedelta(seconds=10), now=T0)
@@ -287,6 +311,25 @@ def test_a_taking_over_leader_starts_a_stored_entry_from_its_recorded_run(
 
     entry = leader.schedule["ticks"]
     assert (entry.last_run_at, entry.total_run_count) == (ran.replace(tzinfo=UTC), 3)
+
+
+def test_a_hand_edited_row_that_cannot_run_is_skipped_not_fatal(
+    leader: LeaderScheduler,
+) -> None:
+    engine = engine_for(settings.database_url)
+    stored.add(engine, "edited", "report", {}, every(5))
+    stored.add(engine, "fine", "report", {}, every(5))
+    with engine.begin() as connection:
+        connection.execute(
+            schedules.update().where(schedules.c.name == "edited").values(every_s=0.0)
+        )
+    stored.set_paused(engine, "fine", True)  # the counter moves
+    stored.set_paused(engine, "fine", False)
+
+    leader._pick_up_changes()
+
+    assert "edited" not in leader.schedule
+    assert "fine" in leader.schedule
 
 
 def test_a_resumed_entry_runs_one_period_after_resuming_not_at_once(
