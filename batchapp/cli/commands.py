@@ -323,8 +323,9 @@ def schedule_add(
     cron: str | None,
     as_json: bool,
 ) -> None:
-    """Run JOB with its parameters every SECONDS or on a cron expression in BATCHAPP_TIMEZONE,
-    as the entry NAME."""
+    """Store entry NAME: run JOB with its parameters on a schedule, checked first.
+
+    --every SECONDS counts from the last run; --cron runs in BATCHAPP_TIMEZONE."""
     if (every_s is None) == (cron is None):
         raise _UsageErrorLine("give one of --every SECONDS and --cron 'M H DOM MON DOW'")
     params = _parse_assignments(assignments)
