@@ -20,6 +20,7 @@ from sqlalchemy import Engine
 
 from batchapp import Int, Job, every, job
 from batchapp.beat import leases, stored
+from batchapp.beat import scheduler as scheduler_module
 from batchapp.beat.entries import code_entries, declared_entries
 from batchapp.beat.scheduler import LEASE, LeaderScheduler
 from batchapp.beat.stored import ScheduleNameError
@@ -157,6 +158,21 @@ def test_a_schedule_that_is_not_every_or_cron_is_refused_at_definition() -> None
             name = "acme.typo2"
             schedule = every(5)
             schedule_params: ClassVar[Any] = ["n"]
+
+
+def test_beat_stops_with_one_line_on_a_declared_schedule_it_cannot_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    @job("acme.zero", params={"n": Int(min=1)}, schedule=every(5), schedule_params={"n": 0},
+         register=False)  # fmt: skip
+    def zero(spec: dict[str, Any], params: dict[str, Any]) -> None:
+        return None
+
+    monkeypatch.setattr(scheduler_module, "JOBS", {"acme.zero": zero})
+    with pytest.raises(SystemExit) as stopped:
+        LeaderScheduler(app, lazy=True).setup_schedule()
+
+    assert str(stopped.value).startswith("batchapp: job acme.zero: bad schedule_params: ")
 
 
 def test_jobs_without_a_schedule_declare_nothing() -> None:
