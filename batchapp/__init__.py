@@ -24,6 +24,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from batchapp.beat.timing import cron, every
     from batchapp.jobs.base import Chunk, ChunkOutcome, Job, JobContext, ParamError
     from batchapp.jobs.columns import (
         CsvBool,
@@ -60,6 +61,8 @@ _API = {
     "Bool": "batchapp.jobs.params",
     "Choice": "batchapp.jobs.params",
     "JOBS": "batchapp.jobs.registry",
+    "every": "batchapp.beat.timing",
+    "cron": "batchapp.beat.timing",
     "JobRegistryError": "batchapp.jobs.registry",
     "csv_import": "batchapp.jobs.table_import",
     "TableImport": "batchapp.jobs.table_import",
@@ -101,7 +104,9 @@ __all__ = [
     "ParamError",
     "Str",
     "TableImport",
+    "cron",
     "csv_import",
+    "every",
     "job",
     "ranges",
 ]

@@ -17,8 +17,11 @@ from celery.schedules import maybe_schedule
 from sqlalchemy.engine import make_url
 
 from batchapp import ledger
-from batchapp.beat import leases
+from batchapp.beat import leases, stored
+from batchapp.beat.entries import CODE, STORED, code_entries, stored_entry
 from batchapp.beat.scheduler import LEASE
+from batchapp.beat.stored import ScheduleNameError, StoredEntry
+from batchapp.beat.timing import Schedule, ScheduleError, cron, every
 from batchapp.broker import dead_letters
 from batchapp.broker.dead_letters import DEAD_LETTER_QUEUE, DeadLetter
 from batchapp.broker.dead_letters import REASONS as DEAD_LETTER_REASONS
@@ -50,6 +53,8 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     UnknownJobError,
     JobStateError,
     SampleTargetError,
+    ScheduleError,
+    ScheduleNameError,
     TimeoutError,
 )
 
@@ -80,6 +85,10 @@ __all__ = [
     "recent_jobs",
     "retry_job",
     "schedule",
+    "schedule_add",
+    "schedule_pause",
+    "schedule_remove",
+    "schedule_resume",
     "settings",
     "sqlite_file",
     "submit_job",
@@ -188,39 +197,124 @@ def chunks_in_flight(view: JobView) -> bool:
 
 @dataclass(frozen=True)
 class ScheduleEntry:
+    """A beat entry: from code (batchapp's own or a job's declared one) or stored by operators;
+    ``next_run`` is None while it is paused."""
+
     name: str
     task: str
     args: list[Any]
+    kwargs: dict[str, Any]
     schedule: str
-    next_run: datetime
+    next_run: datetime | None
+    source: str = CODE
+    paused: bool = False
 
     def as_json(self, tz: ZoneInfo) -> dict[str, Any]:
+        next_run = self.next_run
         return {
             "name": self.name,
             "task": self.task,
             "args": self.args,
+            "kwargs": self.kwargs,
             "schedule": self.schedule,
-            "next_run": self.next_run.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S"),
+            "source": self.source,
+            "paused": self.paused,
+            "next_run": None
+            if next_run is None
+            else next_run.astimezone(tz).strftime("%Y-%m-%d %H:%M:%S"),
             "timezone": tz.key,
         }
 
 
 def schedule() -> tuple[list[ScheduleEntry], str | None]:
-    """Each beat entry with its next run time (as if beat started now), and the beat that
-    holds the lease (None: no beat is running)."""
+    """Each beat entry with its next run time, and the beat that holds the lease (None: no beat
+    is running). Entries in code are shown as if beat started now; stored ones from their last
+    recorded run (or from when they were added or resumed)."""
     now = datetime.now(UTC)
     entries = []
-    for name, entry in app.conf.beat_schedule.items():
+    for name, entry in _code_schedule().items():
         sched = maybe_schedule(entry["schedule"], app=app)
-        # Rounded to the second: the estimate lands a few microseconds early.
-        next_run = (now + sched.remaining_estimate(now) + timedelta(seconds=0.5)).replace(
-            microsecond=0
-        )
+        next_run = _next_run(sched, now, now)
         args = list(entry.get("args", ()))
-        entries.append(ScheduleEntry(name, entry["task"], args, describe(sched), next_run))
+        kwargs = dict(entry.get("kwargs", {}))
+        entries.append(ScheduleEntry(name, entry["task"], args, kwargs, describe(sched), next_run))
     engine = job_context().engine
     ensure_schema(engine)
+    runs = leases.recorded_runs(engine)
+    for row in stored.entries(engine):
+        since = max(runs.get(row.name, (row.since, 0))[0], row.since).replace(tzinfo=UTC)
+        entries.append(_stored_view(row, None if row.paused else since))
     return entries, leases.holder_of(engine, LEASE)
+
+
+def schedule_add(
+    name: str,
+    job: str,
+    params: dict[str, str],
+    every_s: str | None = None,
+    cron_expression: str | None = None,
+) -> ScheduleEntry:
+    """Store an entry running ``job`` with ``params`` every ``every_s`` seconds or on
+    ``cron_expression``; each is checked first (the parameters by the job, as at submit)."""
+    stored.check_name(name)
+    if (every_s is None) == (cron_expression is None):
+        raise ScheduleError("give one of --every SECONDS and --cron 'M H DOM MON DOW'")
+    when: Schedule = every(every_s) if every_s is not None else cron(cron_expression)
+    checked = JOBS.get_job(job)
+    if name in _code_schedule():
+        raise ScheduleNameError(f"{name!r} names an entry in code; choose another name")
+    checked.parse_params(params, job_context())
+    row = stored.add(job_context().engine, name, job, params, when)
+    return _stored_view(row, row.since.replace(tzinfo=UTC))
+
+
+def schedule_pause(name: str) -> ScheduleEntry:
+    """Stop entry ``name`` from running until it is resumed."""
+    row = stored.set_paused(job_context().engine, _stored_name(name), True)
+    return _stored_view(row, None)
+
+
+def schedule_resume(name: str) -> ScheduleEntry:
+    """Run entry ``name`` again, one period from now (skipped runs are not caught up)."""
+    row = stored.set_paused(job_context().engine, _stored_name(name), False)
+    return _stored_view(row, row.since.replace(tzinfo=UTC))
+
+
+def schedule_remove(name: str) -> None:
+    stored.remove(job_context().engine, _stored_name(name))
+
+
+def _stored_name(name: str) -> str:
+    if name in _code_schedule():
+        raise ScheduleNameError(f"{name!r} is an entry in code: only stored entries can change")
+    return name
+
+
+def _code_schedule() -> dict[str, dict[str, Any]]:
+    return code_entries(app.conf.beat_schedule, JOBS, job_context())
+
+
+def _stored_view(row: StoredEntry, last_run: datetime | None) -> ScheduleEntry:
+    entry = stored_entry(row)
+    sched = maybe_schedule(entry["schedule"], app=app)
+    next_run = None if last_run is None else _next_run(sched, last_run, datetime.now(UTC))
+    return ScheduleEntry(
+        row.name,
+        entry["task"],
+        list(entry["args"]),
+        entry["kwargs"],
+        describe(sched),
+        next_run,
+        STORED,
+        row.paused,
+    )
+
+
+def _next_run(sched: Any, last_run: datetime, now: datetime) -> datetime:
+    """When ``sched`` runs next after ``last_run``; an overdue run is due now."""
+    remaining: timedelta = max(sched.remaining_estimate(last_run), timedelta(0))
+    # Rounded to the second: the estimate lands a few microseconds early.
+    return (now + remaining + timedelta(seconds=0.5)).replace(microsecond=0)
 
 
 def describe(sched: Any) -> str:

@@ -5,6 +5,11 @@ ticks; the others stand by and the first to see the lease expire takes over, wit
 interval. Each entry's last run lives in the database, recorded before its tick is sent, so a
 beat that takes over sends neither a tick the last leader sent nor one it missed. Set as
 ``beat_scheduler``.
+
+Besides the entries in code, the leader sends the entries operators store in the database
+(:mod:`batchapp.beat.stored`): at each lease renewal (a quarter lease) it reads their change
+counter and, when it moved, rereads them, so an added, paused, resumed or removed entry takes
+effect within one beat interval. Their last runs are recorded under the lease like any other.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from celery.beat import Scheduler
@@ -22,8 +27,12 @@ from celery.utils.log import get_logger
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from batchapp.beat import leases
+from batchapp.beat import leases, stored
+from batchapp.beat.entries import code_entries, stored_entry
+from batchapp.beat.timing import ScheduleError, checked
 from batchapp.celery import settings
+from batchapp.jobs import JOBS
+from batchapp.runtime import job_context
 from batchapp.storage.engines import engine_for
 from batchapp.storage.tables import ensure_schema
 
@@ -52,6 +61,9 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
         self._renew_at = 0.0
         self._standby_logged = False
         self._in_database = False
+        self._code_names: set[str] = set()
+        self._stored_names: set[str] = set()
+        self._stored_version: int | None = None
         super().__init__(app, *args, **kwargs)
 
     @contextmanager
@@ -67,7 +79,13 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
 
     def setup_schedule(self) -> None:
         # No celery.backend_cleanup: the cleanup job expires results, and workers refuse it.
-        self.merge_inplace(self.app.conf.beat_schedule)
+        try:
+            code = code_entries(self.app.conf.beat_schedule, JOBS, job_context())
+        except ScheduleError as exc:
+            # Beat would show a traceback from inside its start-up; this line says it all.
+            raise SystemExit(f"batchapp: {exc}") from None
+        self.merge_inplace(code)
+        self._code_names = set(code)
         for entry in self.schedule.values():
             # A send whose confirm never comes fails after this instead of stopping beat.
             entry.options.setdefault("confirm_timeout", settings.broker_timeout)
@@ -75,6 +93,8 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
     def tick(self, *args: Any, **kwargs: Any) -> float:
         if not self.leading or time.monotonic() >= self._renew_at:
             self._check_lease()
+            if self.leading:
+                self._pick_up_changes()
         if not self.leading:
             return self.poll_s
         try:
@@ -139,8 +159,10 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
     def _take_over(self) -> None:
         with self.database() as engine:
             runs = leases.recorded_runs(engine)
-        for name, entry in self.schedule.items():
+            self._load_stored(engine, runs)
+        for name in self._code_names:
             if name in runs:
+                entry = self.schedule[name]
                 last_run_at, count = runs[name]
                 entry.last_run_at = last_run_at.replace(tzinfo=UTC)
                 entry.total_run_count = count
@@ -154,6 +176,54 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
             self.lease.total_seconds(),
             len(runs),
         )
+
+    def _pick_up_changes(self) -> None:
+        """Reread the stored entries if their change counter moved since the last read."""
+        try:
+            with self.database() as engine:
+                if stored.version(engine) == self._stored_version:
+                    return
+                self._load_stored(engine, leases.recorded_runs(engine))
+        except SQLAlchemyError as exc:
+            # The entries already loaded keep running; the next renewal tries again.
+            logger.error("beat: cannot read the stored schedule: %s", exc)
+            return
+        self.populate_heap()
+        logger.info("beat: stored schedule reloaded: %s", ", ".join(sorted(self._stored_names)))
+
+    def _load_stored(self, engine: Engine, runs: dict[str, tuple[datetime, int]]) -> None:
+        """The stored entries that are not paused, each from its last run (or from when it was
+        added or resumed, if later), in place of those loaded before."""
+        version = stored.version(engine)  # first: a change made meanwhile is seen next time
+        rows = stored.entries(engine)
+        for name in self._stored_names:
+            self.schedule.pop(name, None)
+        self._stored_names = set()
+        for row in rows:
+            if row.paused:
+                continue
+            if row.name in self._code_names:
+                logger.warning(
+                    "beat: stored entry %s skipped: an entry in code has its name", row.name
+                )
+                continue
+            try:
+                checked(row.schedule)
+            except ScheduleError as exc:
+                logger.error("beat: stored entry %s skipped: %s", row.name, exc)
+                continue
+            last_run_at, count = runs.get(row.name, (row.since, 0))
+            entry = self.Entry(
+                **stored_entry(row),
+                name=row.name,
+                app=self.app,
+                last_run_at=max(last_run_at, row.since).replace(tzinfo=UTC),
+                total_run_count=count,
+            )
+            entry.options.setdefault("confirm_timeout", settings.broker_timeout)
+            self.schedule[row.name] = entry
+            self._stored_names.add(row.name)
+        self._stored_version = version
 
     def _stand_down(self, reason: str) -> None:
         self.leading = False

@@ -4,7 +4,9 @@
     batchapp submit import_csv path=sales.csv --wait --json
     batchapp status ID | batchapp jobs | batchapp retry ID | batchapp cancel ID
     batchapp job-types [--json]
-    batchapp schedule | batchapp dead-letters [--purge]
+    batchapp schedule [--json] | batchapp dead-letters [--purge]
+    batchapp schedule add NAME JOB KEY=VALUE... (--every SECONDS | --cron "M H DOM MON DOW")
+    batchapp schedule pause NAME | resume NAME | remove NAME
     batchapp sample-csv sales.csv 100000 --bad 0.01
     batchapp demo
 
@@ -285,10 +287,15 @@ def cancel(job_id: str, as_json: bool) -> None:
     display.print_job(view, service.timezone(), as_json=as_json)
 
 
-@main.command()
+@main.group(cls=_Group, invoke_without_command=True)
 @json_option
-def schedule(as_json: bool) -> None:
-    """The beat schedule, with each entry's next run time."""
+@click.pass_context
+def schedule(ctx: click.Context, as_json: bool) -> None:
+    """The beat schedule, with each entry's source, state and next run time; add, pause,
+    resume and remove the entries stored in the database (beat picks a change up within one
+    BATCHAPP_BEAT_INTERVAL)."""
+    if ctx.invoked_subcommand is not None:
+        return
     with _errors_as_one_line():
         from batchapp import service
 
@@ -299,6 +306,70 @@ def schedule(as_json: bool) -> None:
     else:
         display.print_schedule(entries, tz)
         click.echo(f"sent by beat {leader}" if leader else "no beat holds the lease: none running")
+
+
+@schedule.command("add")
+@click.argument("name")
+@click.argument("job")
+@click.argument("assignments", nargs=-1, metavar="KEY=VALUE...")
+@click.option("--every", "every_s", metavar="SECONDS", help="Run every SECONDS (at least 1).")
+@click.option("--cron", "cron", metavar='"M H DOM MON DOW"', help="Run on a cron expression.")
+@json_option
+def schedule_add(
+    name: str,
+    job: str,
+    assignments: tuple[str, ...],
+    every_s: str | None,
+    cron: str | None,
+    as_json: bool,
+) -> None:
+    """Store entry NAME: run JOB with its parameters on a schedule, checked first.
+
+    --every SECONDS counts from the last run; --cron runs in BATCHAPP_TIMEZONE."""
+    if (every_s is None) == (cron is None):
+        raise _UsageErrorLine("give one of --every SECONDS and --cron 'M H DOM MON DOW'")
+    params = _parse_assignments(assignments)
+    with _errors_as_one_line():
+        from batchapp import service
+
+        entry = service.schedule_add(name, job, params, every_s=every_s, cron_expression=cron)
+    display.print_schedule_change(entry, "added", service.timezone(), as_json=as_json)
+
+
+@schedule.command("pause")
+@click.argument("name")
+@json_option
+def schedule_pause(name: str, as_json: bool) -> None:
+    """Stop the stored entry NAME from running until it is resumed."""
+    with _errors_as_one_line():
+        from batchapp import service
+
+        entry = service.schedule_pause(name)
+    display.print_schedule_change(entry, "paused", service.timezone(), as_json=as_json)
+
+
+@schedule.command("resume")
+@click.argument("name")
+@json_option
+def schedule_resume(name: str, as_json: bool) -> None:
+    """Run the stored entry NAME again, one period from now."""
+    with _errors_as_one_line():
+        from batchapp import service
+
+        entry = service.schedule_resume(name)
+    display.print_schedule_change(entry, "resumed", service.timezone(), as_json=as_json)
+
+
+@schedule.command("remove")
+@click.argument("name")
+@json_option
+def schedule_remove(name: str, as_json: bool) -> None:
+    """Delete the stored entry NAME."""
+    with _errors_as_one_line():
+        from batchapp import service
+
+        service.schedule_remove(name)
+    click.echo(json.dumps({"name": name, "removed": True}) if as_json else f"removed {name}")
 
 
 @main.command("dead-letters")

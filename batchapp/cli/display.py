@@ -136,9 +136,37 @@ def _chunk_note(view: JobView) -> str:
 def print_schedule(entries: Sequence[ScheduleEntry], tz: ZoneInfo) -> None:
     rows = [e.as_json(tz) for e in entries]
     table(
-        ("ENTRY", "TASK", "ARGS", "SCHEDULE", f"NEXT RUN ({tz.key})"),
-        [(e["name"], e["task"], json.dumps(e["args"]), e["schedule"], e["next_run"]) for e in rows],
+        ("ENTRY", "SOURCE", "TASK", "ARGS", "SCHEDULE", "STATE", f"NEXT RUN ({tz.key})"),
+        [
+            (
+                e["name"],
+                e["source"],
+                e["task"],
+                _call_args(e["args"], e["kwargs"]),
+                e["schedule"],
+                "paused" if e["paused"] else "active",
+                e["next_run"] or "-",
+            )
+            for e in rows
+        ],
     )
+
+
+def _call_args(args: list[Any], kwargs: dict[str, Any]) -> str:
+    return json.dumps(args) + "".join(f" {key}={value}" for key, value in kwargs.items())
+
+
+def print_schedule_change(
+    entry: ScheduleEntry, what: str, tz: ZoneInfo, *, as_json: bool = False
+) -> None:
+    """One entry just added, paused or resumed."""
+    data = entry.as_json(tz)
+    if as_json:
+        click.echo(json.dumps(data))
+        return
+    job = " ".join([str(entry.args[0]), *(f"{k}={v}" for k, v in entry.kwargs.items())])
+    next_run = f", next run {data['next_run']} {tz.key}" if data["next_run"] else ""
+    click.echo(f"{what} {entry.name}: {job}, {entry.schedule}{next_run}")
 
 
 def wait_with_progress(

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from batchapp.beat.timing import Schedule, check_schedule
 from batchapp.broker import queues
 from batchapp.validate import shown
 
@@ -74,11 +75,16 @@ class Job(ABC):
     params_help: ClassVar[str]
     # The queue its chunks travel on: a periodic job's never wait behind an import's.
     queue: ClassVar[str] = queues.CHUNKS
+    # Beat runs the job on this schedule (every(SECONDS) or cron("M H DOM MON DOW")) with these
+    # parameters, checked by parse_params when beat starts; None: on demand only.
+    schedule: ClassVar[Schedule | None] = None
+    schedule_params: ClassVar[Mapping[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # A job's own parse_params and plan may raise anything (int(raw["n"]) raises
         # ValueError or KeyError): it reaches the CLI as a one-line ParamError naming the job.
         super().__init_subclass__(**kwargs)
+        check_schedule(cls.schedule, cls.schedule_params, getattr(cls, "name", cls.__name__))
         if "parse_params" in cls.__dict__:
             cls.parse_params = _guard_parse_params(cls.__dict__["parse_params"])  # type: ignore[method-assign]
         if "plan" in cls.__dict__:

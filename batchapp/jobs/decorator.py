@@ -6,6 +6,8 @@
         return sum(i * i for i in range(spec["first"], spec["last"] + 1))
 
 builds a :class:`FunctionJob` (a real :class:`~batchapp.jobs.base.Job`) and registers it.
+``schedule=every(60)`` or ``schedule=cron("0 3 * * *")``, with ``schedule_params``, has beat run
+it on that schedule.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from batchapp.beat.timing import Schedule, check_schedule
 from batchapp.broker import queues
 from batchapp.jobs.base import (
     JSON,
@@ -47,6 +50,8 @@ class FunctionJob(Job):
         reduce: ReduceFunction | None,
         summary: str,
         queue: str,
+        schedule: Schedule | None = None,
+        schedule_params: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(name, str) or not name.strip() or name != name.strip():
             raise ValueError(f"a job name must be a non-empty string without blanks, got {name!r}")
@@ -59,6 +64,9 @@ class FunctionJob(Job):
         self.summary = summary  # type: ignore[misc]
         self.params_help = ", ".join(p.help(key) for key, p in params.items())  # type: ignore[misc]
         self.queue = queue  # type: ignore[misc]
+        check_schedule(schedule, schedule_params or {}, name)
+        self.schedule = schedule  # type: ignore[misc]
+        self.schedule_params = dict(schedule_params or {})  # type: ignore[misc]
         self.function = function
         self.declared = dict(params)
         self.chunks = chunks
@@ -107,6 +115,8 @@ def job(
     reduce: ReduceFunction | None = None,
     summary: str | None = None,
     queue: str = queues.CHUNKS,
+    schedule: Schedule | None = None,
+    schedule_params: Mapping[str, Any] | None = None,
     register: bool = True,
 ) -> Callable[[ChunkFunction], FunctionJob]:
     """Make the decorated ``function(spec, params)`` a job called ``name`` and register it.
@@ -115,7 +125,8 @@ def job(
     :class:`Bool`, :class:`Choice`); ``chunks(params)`` yields one JSON dict per chunk (default:
     one empty spec); the function's return value is the chunk's output (a
     :class:`ChunkOutcome` to count items itself); ``reduce(outputs)`` makes the job's result.
-    ``summary`` defaults to the function's docstring's first line.
+    ``summary`` defaults to the function's docstring's first line. ``schedule`` (:func:`every`
+    or :func:`cron`) has beat run the job with ``schedule_params``.
     """
 
     def decorate(function: ChunkFunction) -> FunctionJob:
@@ -128,6 +139,8 @@ def job(
             reduce=reduce,
             summary=summary if summary is not None else (doc[0] if doc else ""),
             queue=queue,
+            schedule=schedule,
+            schedule_params=schedule_params,
         )
         if register:
             JOBS.register(made, JOBS.current_origin(function.__module__))

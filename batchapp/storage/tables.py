@@ -18,6 +18,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Engine,
+    Float,
     Index,
     Integer,
     MetaData,
@@ -219,6 +220,35 @@ beat_entries = Table(
     Column("name", String(255), primary_key=True),
     Column("last_run_at", DateTime, nullable=False),
     Column("total_run_count", BigInteger, nullable=False),
+)
+
+SCHEDULE_NAME_MAX_CHARS = 200
+
+schedules = Table(
+    "batch_schedules",
+    metadata,
+    # Operators' schedule entries (`batchapp schedule add`), beside the ones in code.
+    Column("name", String(SCHEDULE_NAME_MAX_CHARS), primary_key=True),
+    Column("job", String(64), nullable=False),
+    # The parameters as given (text from the CLI), checked at add and parsed again at each run.
+    Column("params", ExactJSON, nullable=False),
+    # Exactly one of the two: every N seconds, or a cron expression in BATCHAPP_TIMEZONE.
+    Column("every_s", Float),
+    Column("cron", String(100)),
+    Column("paused", Boolean, nullable=False),
+    # When the entry was added or last resumed: its first run is due one period after this,
+    # so a resumed entry does not catch up on the runs its pause skipped.
+    Column("since", DateTime, nullable=False),
+    Column("created_at", DateTime, nullable=False),
+)
+
+schedule_changes = Table(
+    "batch_schedule_changes",
+    metadata,
+    # One row: a counter every change to batch_schedules bumps in its transaction, so the
+    # leading beat rereads the entries only when it moved (django-celery-beat's PeriodicTasks).
+    Column("name", String(32), primary_key=True),
+    Column("version", BigInteger, nullable=False),
 )
 
 _prepared: set[str] = set()
