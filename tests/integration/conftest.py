@@ -13,11 +13,13 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import pytest
 from kombu.entity import Exchange, Queue
 
 from batchapp.cli import processes
+from tests.examples import WORDCOUNT, install_example
 from tests.support import (
     BrokerUnreachable,
     rabbitmq_vhost,
@@ -130,6 +132,14 @@ def _stack(name: str, database_url: str) -> Iterator[Stack]:
     finally:
         stack.stop_all()
         purge_queue()
+
+
+@pytest.fixture(scope="session")
+def wordcount_example() -> Path:
+    """examples/wordcount installed with ``pip install -e``: every worker and CLI started from
+    now on finds ``acme.wordcount`` through the example's ``batchapp.jobs`` entry point."""
+    install_example(WORDCOUNT, "acme_batch")
+    return WORDCOUNT
 
 
 @pytest.fixture(scope="module")

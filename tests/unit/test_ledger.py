@@ -126,7 +126,7 @@ def test_unknown_job_id_is_named(ctx: JobContext) -> None:
 @pytest.mark.parametrize(
     ("name", "params", "message"),
     [
-        ("nosuch", {}, "unknown job 'nosuch' (known: cleanup, "),
+        ("nosuch", {}, "unknown job 'nosuch' (known: "),
         ("parallel_sum", {}, "parallel_sum: missing parameter n"),
         ("parallel_sum", {"n": "ten"}, "parallel_sum: n must be an integer, got 'ten'"),
         ("parallel_sum", {"n": 1.5}, "parallel_sum: n must be an integer, got float"),
