@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from celery import Celery
-from celery.signals import celeryd_after_setup
+from celery.signals import before_task_publish, celeryd_after_setup
 
 from batchapp import settings as config
-from batchapp.internals import contract
+from batchapp.internals import contract, result_backend
 from batchapp.jobs import discovery
 
 try:
@@ -24,6 +26,8 @@ app = Celery(
 )
 app.config_from_object(config.celery_config(settings))
 celeryd_after_setup.connect(config.ignore_cancel_on_connection_loss_warning, weak=False)
+# A caller of a task name no worker serves learns it from the worker's refusal.
+before_task_publish.connect(partial(result_backend.remember_unserved, app), weak=False)
 
 # Job types from BATCHAPP_JOBS and entry points, before the worker forks its pool and before
 # the CLI plans a job: every process of a deployment knows the same jobs, or stops here.

@@ -172,27 +172,40 @@ def wait_for_job(
 
 
 def chunks_in_flight(view: JobView) -> bool:
-    """Whether a chunk of the job may be queued or running: its queue is not empty, or a
-    worker has one of its chunks. If the broker or the workers cannot tell, it may be."""
+    """Whether a chunk of the job may be queued or running: its queue has a message ready, a
+    worker holds one of its chunks, or the queue has more consumers (one per worker) than
+    workers that answered: a paused or overloaded worker may hold the job's chunks unacked,
+    and RabbitMQ tells a client only the ready count. If the broker or the workers cannot
+    tell, it may be."""
+    queue = chunk_queue(view.name)
     try:
         with app.connection_for_write() as connection:
             try:
-                _, depth, _ = connection.default_channel.queue_declare(
-                    queue=chunk_queue(view.name), passive=True
+                _, ready, consumers = connection.default_channel.queue_declare(
+                    queue=queue, passive=True
                 )
             except ChannelError:  # no such queue: nothing is in it
-                depth = 0
-        if depth:
+                ready = consumers = 0
+        if ready:
             return True
+        if not consumers:
+            return False  # no consumer holds an unacknowledged message either
         inspect = app.control.inspect(timeout=1.0)
         held = [*(inspect.active() or {}).values(), *(inspect.reserved() or {}).values()]
+        if any(
+            task.get("name") == run_chunk.name and view.id in str(task.get("args"))
+            for tasks in held
+            for task in tasks
+        ):
+            return True
+        consuming = [
+            worker
+            for worker, served in (inspect.active_queues() or {}).items()
+            if any(q.get("name") == queue for q in served)
+        ]
     except Exception:
         return True
-    return any(
-        task.get("name") == run_chunk.name and view.id in str(task.get("args"))
-        for tasks in held
-        for task in tasks
-    )
+    return len(consuming) < int(consumers)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from celery.utils.log import get_logger
 
 from batchapp.broker import guard
 from batchapp.broker.queues import DEAD
+from batchapp.storage.results import rejection_id
 
 logger = get_logger(__name__)
 
@@ -83,7 +84,11 @@ def reject(message: Any, reason: str, connection_errors: tuple[type[BaseExceptio
 
 
 def _fail_unknown_task(app: Any, headers: Any, served: frozenset[str]) -> None:
-    """A caller waiting on a task nobody serves gets NotRegistered at once, as with Celery."""
+    """A caller waiting on a task nobody serves gets NotRegistered at once, as with Celery.
+
+    It is recorded under an id of the refusal's own (``rejection_id``), read only by the caller
+    that sent that task name under that id: written under the message's id, it would fail any
+    caller whose id a publisher copied into a message naming an unknown task."""
     task, task_id = (
         (headers.get("task"), headers.get("id")) if isinstance(headers, dict) else (0, 0)
     )
@@ -91,7 +96,9 @@ def _fail_unknown_task(app: Any, headers: Any, served: frozenset[str]) -> None:
         return
     if not isinstance(task_id, str) or not 0 < len(task_id) <= guard.MAX_ID_CHARS:
         return
+    if not getattr(app.backend, "reads_rejections", False):
+        return  # no caller of this backend would read it
     try:
-        app.backend.mark_as_failure(task_id, NotRegistered(task[:200]))
+        app.backend.mark_as_failure(rejection_id(task_id, task), NotRegistered(task[:200]))
     except Exception as exc:
         logger.error("Cannot record NotRegistered for task %.100r: %s", task_id, exc)

@@ -139,7 +139,8 @@ class BatchappTask(Task):  # type: ignore[misc]
     """Every batchapp task: countdowns that quorum queues can carry (see delays.py), confirms
     that a caller's burst of publishes does not wait for one by one (see confirms.py), and a
     publish on a connection the broker closed fails as a connection error, not as kombu's
-    ``AttributeError`` for a closed pooled connection (celery/kombu#690)."""
+    ``AttributeError`` for a closed pooled connection (celery/kombu#690); any other
+    ``AttributeError`` stays what it is."""
 
     # How long a caller waits for RabbitMQ's confirms (tasks.py sets BATCHAPP_BROKER_TIMEOUT).
     confirm_timeout = BROKER_TIMEOUT_S
@@ -179,10 +180,26 @@ class BatchappTask(Task):  # type: ignore[misc]
         )
 
     def _publish(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("producer") or kwargs.get("connection") or self.app.conf.task_always_eager:
+            return self._publish_on(kwargs.get("producer"), *args, **kwargs)
+        # The pooled producer Celery would take, taken here so that its state can be read
+        # if the publish fails.
+        with self.app.producer_or_acquire() as producer:
+            return self._publish_on(producer, *args, **{**kwargs, "producer": producer})
+
+    def _publish_on(self, through: Any, *args: Any, **kwargs: Any) -> Any:
+        """Celery's publish; ``through`` is the producer it uses, if known."""
+        connection = kwargs.get("connection") or (
+            through.connection if through is not None else None
+        )
+        was_connected = connection is not None and connection.connected
         try:
             return super().apply_async(*args, **kwargs)
         except AttributeError as exc:
-            if "'NoneType' object has no attribute" not in str(exc):
+            # kombu reads attributes of a closed channel, which are None by then; the message
+            # says so only for the AttributeError of a connection that is in fact closed.
+            closing = "'NoneType' object has no attribute" in str(exc)
+            if not (closing and closed(through, connection, was_connected)):
                 raise
             raise KombuOperationalError(
                 f"cannot publish {self.name}: the broker connection is closed ({exc})"
@@ -196,6 +213,15 @@ class BatchappTask(Task):  # type: ignore[misc]
                 "quorum queue does while it elects a new leader (a cluster node just stopped); "
                 "it was not queued: publish it again"
             ) from exc
+
+
+def closed(producer: Any, connection: Any, was_connected: bool) -> bool:
+    """Whether a publish went through a connection that closed: a producer whose channel lost
+    its connection (py-amqp drops it on close), or a connection that was connected before the
+    publish and is not now (one never connected yet proves nothing)."""
+    if producer is not None and producer.connection is None:
+        return True
+    return was_connected and connection is not None and not connection.connected
 
 
 _transports: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()

@@ -218,13 +218,12 @@ def status(job_id: str, as_json: bool) -> None:
         failed = service.failed_chunks(job_id)
     tz = service.timezone()
     executions = [display.execution_json(run, tz) for run in runs]
-    display.print_job(view, tz, as_json=as_json, extra={"executions": executions})
+    extra = {"executions": executions} | display.failed_chunks_json(failed)
+    display.print_job(view, tz, as_json=as_json, extra=extra)
     if runs and not as_json:
         display.print_executions(runs, tz)
     if failed and not as_json:
-        click.echo("failed chunks:")
-        for chunk in failed[:20]:
-            click.echo(f"  #{chunk.idx} (attempts {chunk.attempts}): {chunk.error}")
+        display.print_failed_chunks(failed)
 
 
 @main.command()

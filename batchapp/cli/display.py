@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     from batchapp.service import ExecutionView, JobView, ScheduleEntry
 
 HIDDEN_PARAMS = frozenset({"columns", "size", "mtime_ns"})
+# A job may have 10,000 failed chunks: `status` lists the first ones and counts the rest.
+FAILED_CHUNKS_LISTED = 20
 """Parameters the planner adds for itself: not worth a line in the summary."""
 
 
@@ -63,6 +65,25 @@ def execution_json(run: ExecutionView, tz: ZoneInfo) -> dict[str, Any]:
         "started_at": _iso(run.started_at, tz),
         "finished_at": _iso(run.finished_at, tz),
     }
+
+
+def failed_chunks_json(failed: Sequence[Any]) -> dict[str, Any]:
+    """The first :data:`FAILED_CHUNKS_LISTED` failed chunks, and how many more there are."""
+    return {
+        "failed_chunks": [
+            {"index": c.idx, "attempts": c.attempts, "error": c.error}
+            for c in failed[:FAILED_CHUNKS_LISTED]
+        ],
+        "failed_chunks_not_listed": max(len(failed) - FAILED_CHUNKS_LISTED, 0),
+    }
+
+
+def print_failed_chunks(failed: Sequence[Any]) -> None:
+    click.echo("failed chunks:")
+    for chunk in failed[:FAILED_CHUNKS_LISTED]:
+        click.echo(f"  #{chunk.idx} (attempts {chunk.attempts}): {chunk.error}")
+    if len(failed) > FAILED_CHUNKS_LISTED:
+        click.echo(f"  ... and {len(failed) - FAILED_CHUNKS_LISTED:,} more, not listed")
 
 
 def print_job(

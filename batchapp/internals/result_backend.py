@@ -8,7 +8,12 @@ stays Celery's own ``celery_taskmeta``, so ``celery result`` and Flower read it.
   (a store 488 -> 372 us, a read 369 -> 157 us);
 - ``get()`` polls from 0.5 ms and backs off to the caller's ``interval`` (0.5 s by default), so a
   result is seen within about a millisecond of landing instead of up to half a second later;
-- cleanup compares in the zone the rows are stored in.
+- cleanup compares in the zone the rows are stored in;
+- a worker that refuses a message for a task it does not serve records ``NotRegistered`` under
+  an id of its own (:func:`batchapp.storage.results.rejection_id`), never under the id the
+  message carries: the caller that sent that task name under that id reads it from there
+  (:func:`remember_unserved` notes such sends), while a message forged with another caller's id
+  changes nothing that caller reads.
 
 Engines honour ``database_engine_options`` and ``database_short_lived_sessions``; a results
 file that was deleted or replaced is reopened, with the table made again if needed. Extended
@@ -22,6 +27,7 @@ the private methods its public ones call (``_store_result``, ``_get_task_meta_fo
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from contextlib import nullcontext
 from typing import Any
@@ -42,12 +48,30 @@ from batchapp.storage.engines import driver_url, engine_for, placeholder, watch_
 FIRST_POLL_S = 0.0005
 POLL_BACKOFF = 1.15
 FAST_DIALECTS = frozenset({"sqlite", "postgresql"})
+# How many sends of task names this process has no task for are remembered (the newest).
+UNSERVED_SENDS_KEPT = 10_000
+# Task id -> the task name this process sent under it, for names it has no task for.
+_unserved_sends: OrderedDict[str, str] = OrderedDict()
 # Options a pool-less engine refuses (Celery drops the same ones for its NullPool engines).
 _POOL_ONLY_OPTIONS = frozenset({"max_overflow", "echo_pool"})
 
 
+def remember_unserved(app: Any, sender: str | None = None, headers: Any = None, **_: Any) -> None:
+    """``before_task_publish`` receiver: note a send of a task name ``app`` has no task for,
+    so this process's read of that id finds a worker's ``NotRegistered`` (see module doc)."""
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    if not isinstance(sender, str) or not isinstance(task_id, str) or sender in app.tasks:
+        return
+    _unserved_sends[task_id] = sender
+    while len(_unserved_sends) > UNSERVED_SENDS_KEPT:
+        _unserved_sends.popitem(last=False)
+
+
 class DatabaseBackend(CeleryDatabaseBackend):  # type: ignore[misc]
     """Celery's database backend with one-statement writes and back-off polling reads."""
+
+    # A worker records a refused message's NotRegistered where this backend's readers look.
+    reads_rejections = True
 
     def __init__(
         self,
@@ -164,6 +188,15 @@ class DatabaseBackend(CeleryDatabaseBackend):  # type: ignore[misc]
 
     # Private: what Celery's public get_task_meta calls, after its cache.
     def _get_task_meta_for(self, task_id: str) -> dict[str, Any]:
+        meta = self._stored_meta(task_id)
+        name = _unserved_sends.get(task_id)
+        if meta["status"] == states.PENDING and name is not None:
+            refused = self._stored_meta(results.rejection_id(task_id, name))
+            if refused["status"] == states.FAILURE:
+                return refused | {"task_id": task_id}
+        return meta
+
+    def _stored_meta(self, task_id: str) -> dict[str, Any]:
         engine = self._fast_engine()
         if engine is None:
             return super()._get_task_meta_for(task_id)  # type: ignore[no-any-return]

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Row, select
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from batchapp.jobs import JobContext
 from batchapp.jobs.base import JSON
@@ -30,6 +31,8 @@ MAX_POLL_S = 0.2
 READ_SHARE = 4
 STALL_AFTER_S = 10.0
 """A job without progress this long is checked for chunks in flight (twice, to be sure)."""
+READ_RETRY_S = 10.0
+"""How long a wait keeps reading again after its read lost the database connection."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,24 @@ def chunk_rows(ctx: JobContext, job_id: str) -> list[Row[Any]]:
         )
 
 
+def _read_again_if_cut_off(read: Callable[[], JobView]) -> JobView:
+    """``read()``, tried again for up to :data:`READ_RETRY_S` while it fails because the
+    database dropped or refused the connection (a restart, a failover, an administrator's
+    ``pg_terminate_backend``, a reset): the pool's pre-ping covers only idle connections, and
+    the job goes on whether or not its waiter could read it just then."""
+    give_up = time.monotonic() + READ_RETRY_S
+    nap = 0.05
+    while True:
+        try:
+            return read()
+        except DBAPIError as exc:
+            cut_off = exc.connection_invalidated or isinstance(exc, OperationalError)
+            if not cut_off or time.monotonic() + nap > give_up:
+                raise
+        time.sleep(nap)
+        nap = min(nap * 2, 1.0)
+
+
 def wait(
     ctx: JobContext,
     job_id: str,
@@ -190,6 +211,7 @@ def wait(
 
     ``in_flight`` (asked after ``stall_after`` seconds without progress) says whether any chunk
     of the job may still be queued or running; twice no in a row is :class:`JobStalledError`.
+    A read cut off from the database is tried again (:func:`_read_again_if_cut_off`).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     progress: tuple[int, int] | None = None
@@ -203,7 +225,7 @@ def wait(
             # A first check always says yes; it runs then too, so later ones compare with it.
             if changed is None or changed() or current is None:
                 started = time.perf_counter()
-                current = get(ctx, job_id)
+                current = _read_again_if_cut_off(lambda: get(ctx, job_id))
                 took = time.perf_counter() - started
                 moved = (current.chunks_done, current.chunks_failed) != progress
             if on_progress is not None:

@@ -8,6 +8,7 @@ read exactly as Celery's backend does on each dialect. The backend class that us
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
@@ -23,6 +24,14 @@ from batchapp.storage.engines import (
 # Celery's columns a store writes and a read returns ('children' is missing before Celery 5.0).
 COLUMNS = ("status", "result", "date_done", "traceback", "children")
 UPSERT, SELECT = 0, 1
+
+
+def rejection_id(task_id: str, task_name: str) -> str:
+    """The result id under which a worker records that it refused a message naming
+    ``task_name`` with ``task_id``: an id of its own, so a refused message never writes the
+    result of the id it carries (anyone who can publish can put any id in a message)."""
+    digest = hashlib.sha256(f"{task_name}\0{task_id}".encode()).hexdigest()[:48]
+    return f"rejected-{digest}"
 
 
 def run(engine: Engine, statement: int, sql: str, params: tuple[Any, ...]) -> Sequence[Any] | None:

@@ -53,8 +53,13 @@ def still_serving() -> bool:
     return bool(calculate_sum.delay(3).get(timeout=RESULT_TIMEOUT) == 6)
 
 
-def publish_raw(body: bytes, content_type: str, task: str = "batchapp.tasks.calculate_sum") -> str:
-    task_id = str(uuid.uuid4())
+def publish_raw(
+    body: bytes,
+    content_type: str,
+    task: str = "batchapp.tasks.calculate_sum",
+    task_id: str | None = None,
+) -> str:
+    task_id = task_id or str(uuid.uuid4())
     with app.connection_for_write() as connection:
         Producer(connection.default_channel).publish(
             body,
@@ -84,6 +89,22 @@ def test_unknown_task_name_fails_that_task_only(worker: CeleryProcess) -> None:
         result.get(timeout=RESULT_TIMEOUT)
     assert "task 'batchapp.tasks.no_such_task' is not served here" in worker.log()
     assert still_serving()
+
+
+def test_a_message_forged_with_a_callers_id_does_not_change_what_that_caller_reads(
+    worker: CeleryProcess,
+) -> None:
+    result = calculate_sum.apply_async((100,), countdown=5)
+    publish_raw(b"[[], {}, {}]", "application/json", task="nope.unknown", task_id=result.id)
+    worker.wait_for_log(f"(task 'nope.unknown', id {result.id!r})", timeout=RESULT_TIMEOUT)
+
+    # A caller reading in the window before its task runs, as one polling ready() does.
+    states_seen = [result.state]
+    while not result.ready():
+        states_seen.append(result.state)
+        time.sleep(0.05)
+    assert result.get(timeout=RESULT_TIMEOUT) == 5050
+    assert set(states_seen) == {"PENDING"}
 
 
 def test_body_that_is_not_json_is_refused(worker: CeleryProcess) -> None:

@@ -67,6 +67,7 @@ from tests.unit.test_ledger import (  # noqa: F401 - collected here, with ctx on
     test_wait_keeps_waiting_while_a_chunk_is_in_flight,
     test_wait_names_a_job_that_nothing_works_on,
     test_wait_on_sqlite_reads_the_job_only_after_a_commit,
+    test_wait_reads_again_when_the_database_cuts_its_connection,
 )
 from tests.unit.test_ledger_races import (  # noqa: F401 - collected here, with ctx on PostgreSQL
     test_a_chunk_that_could_not_finish_its_job_after_committing_is_finished_by_its_retry,

@@ -29,6 +29,7 @@ from tests.integration.conftest import RESULT_TIMEOUT, Stack, _psql
 from tests.unit.test_results import (  # noqa: F401 - collected here, with url on PostgreSQL
     stock_backend,
     test_a_later_failure_does_not_replace_success,
+    test_a_refused_unknown_task_is_read_only_by_the_caller_that_sent_that_name,
     test_a_stored_result_reads_back_with_its_time,
     test_a_wait_on_sqlite_reads_only_after_a_commit,
     test_an_unknown_task_is_pending,

@@ -307,3 +307,26 @@ def test_status_shows_each_execution_after_a_failed_chunk_and_a_retry(
     runs = lines[lines.index("executions:") + 1 :]
     assert runs[0].split()[:6] == ["#1", "submit", "failed", "1", "done,", "1"]
     assert runs[1].split()[:6] == ["#2", "retry", "succeeded", "1", "done,", "0"]
+
+
+def test_status_says_how_many_failed_chunks_it_does_not_list(cli_env: dict[str, str]) -> None:
+    from batchapp import ledger
+    from batchapp.jobs import JobContext
+    from batchapp.settings import load
+
+    settings = load({**cli_env})
+    ctx = JobContext(settings=settings, engine=engine_for(settings.database_url))
+    view = ledger.submit(ctx, "parallel_sum", {"n": 25, "chunk_size": 1}, lambda *_: None)
+    for index in range(25):
+        ledger.record_chunk_failure(ctx, view.id, index, f"disk {index} on fire")
+
+    shown = json.loads(run_cli("status", view.id, "--json", env=cli_env).stdout)
+    text = run_cli("status", view.id, env=cli_env).stdout
+
+    assert [c["index"] for c in shown["failed_chunks"]] == list(range(20))
+    assert shown["failed_chunks"][3] == {"index": 3, "attempts": 1, "error": "disk 3 on fire"}
+    assert shown["failed_chunks_not_listed"] == 5
+    lines = text.splitlines()
+    listed = lines[lines.index("failed chunks:") + 1 :]
+    assert listed[0] == "  #0 (attempts 1): disk 0 on fire"
+    assert listed[20:] == ["  ... and 5 more, not listed"]

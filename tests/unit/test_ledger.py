@@ -16,9 +16,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
+from sqlalchemy.exc import OperationalError
 
 from batchapp import ledger
 from batchapp.jobs import JOBS, JobContext, ParamError
@@ -648,6 +650,32 @@ def test_wait_names_a_job_that_nothing_works_on(ctx: JobContext) -> None:
     with pytest.raises(ledger.JobStalledError, match="none of its chunks is queued or running"):
         ledger.wait(ctx, view.id, timeout=30, in_flight=nothing_in_flight, stall_after=0.05)
     assert asked == [view.id, view.id]
+
+
+def test_wait_reads_again_when_the_database_cuts_its_connection(ctx: JobContext) -> None:
+    view = ledger.submit(ctx, "parallel_sum", {"n": 20, "chunk_size": 10}, Published())
+    cut: list[str] = []
+
+    def drop_the_next_read(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if not cut:
+            cut.append(statement)
+            raise OperationalError(statement, None, Exception("server closed the connection"))
+
+    def finish_then_cut(current: ledger.JobView) -> None:
+        # The job finishes while its waiter's next read loses the connection.
+        if not current.finished and not event.contains(
+            ctx.engine, "before_cursor_execute", drop_the_next_read
+        ):
+            run_all(ctx, view.id, [0, 1])
+            event.listen(ctx.engine, "before_cursor_execute", drop_the_next_read)
+
+    try:
+        done = ledger.wait(ctx, view.id, timeout=30, on_progress=finish_then_cut)
+    finally:
+        if event.contains(ctx.engine, "before_cursor_execute", drop_the_next_read):
+            event.remove(ctx.engine, "before_cursor_execute", drop_the_next_read)
+    assert (done.status, done.result) == ("succeeded", 210)
+    assert len(cut) == 1
 
 
 def test_wait_keeps_waiting_while_a_chunk_is_in_flight(ctx: JobContext) -> None:

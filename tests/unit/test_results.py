@@ -14,15 +14,17 @@ from pathlib import Path
 import pytest
 from celery import states
 from celery.backends.database import DatabaseBackend as CeleryDatabaseBackend
+from celery.exceptions import NotRegistered
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from batchapp.celery import app
-from batchapp.internals.result_backend import DatabaseBackend
+from batchapp.internals.result_backend import DatabaseBackend, remember_unserved
 from batchapp.storage import engines as db
 from batchapp.storage.engines import driver_url, engine_for
+from batchapp.storage.results import rejection_id
 from tests.support import wait_until
 
 
@@ -48,6 +50,22 @@ def test_a_stored_result_reads_back_with_its_time(backend: DatabaseBackend) -> N
 
     assert (meta["status"], meta["result"]) == (states.SUCCESS, 5050)
     assert meta["date_done"] is not None
+
+
+def test_a_refused_unknown_task_is_read_only_by_the_caller_that_sent_that_name(
+    backend: DatabaseBackend,
+) -> None:
+    copied_id, sent_id = uuid.uuid4().hex, uuid.uuid4().hex
+    # This process sent 'nope.unknown' under sent_id only; a worker refused that name under
+    # both ids, as it does when a publisher copies a caller's id into a forged message.
+    remember_unserved(app, sender="nope.unknown", headers={"id": sent_id})
+    for task_id in (copied_id, sent_id):
+        backend.mark_as_failure(rejection_id(task_id, "nope.unknown"), NotRegistered("nope"))
+
+    assert backend.get_task_meta(copied_id)["status"] == states.PENDING
+    sent = backend.get_task_meta(sent_id)
+    assert (sent["status"], type(sent["result"])) == (states.FAILURE, NotRegistered)
+    assert sent["task_id"] == sent_id
 
 
 def test_a_later_failure_does_not_replace_success(backend: DatabaseBackend) -> None:
