@@ -115,11 +115,11 @@ def test_submit_wait_outlasts_a_paused_worker_that_holds_its_chunk(
     assert (job["status"], job["result"]) == ("succeeded", 5050)
 
 
+# pg_terminate_backend is PostgreSQL's: this one runs on the PostgreSQL stack only.
+@pytest.mark.parametrize("waiting_stack", ["postgresql"], indirect=True)
 def test_submit_wait_reads_again_when_postgresql_cuts_its_connection(
     waiting_stack: Stack,
 ) -> None:
-    if not waiting_stack.database_url.startswith("postgresql"):
-        pytest.skip("pg_terminate_backend is PostgreSQL's")
     worker, waiter = paused_worker_holding_the_job(waiting_stack)
     admin = engine_for(waiting_stack.database_url)
     cut = 0
