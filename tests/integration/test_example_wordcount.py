@@ -1,7 +1,8 @@
-"""The wordcount example (examples/wordcount), installed with ``pip install -e`` and found through
-its ``batchapp.jobs`` entry point alone (no ``BATCHAPP_JOBS``), on real workers and RabbitMQ:
-its result is the count made here from the files, and a worker SIGKILLed mid-job changes it
-not at all."""
+"""The example project (examples/wordcount), installed with ``pip install -e`` and found through
+its ``batchapp.jobs`` entry points alone (no ``BATCHAPP_JOBS``), on real workers, beat and
+RabbitMQ: the word count equals the count made here from the files, and a worker SIGKILLed
+mid-job changes it not at all; the declared stock import loads its table and rejects by line;
+the stock value runs on the schedule the example declares."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select, text
 
 from batchapp import ledger
+from batchapp.storage.tables import import_rejects
 from tests.integration.conftest import RUN_DATA_DIR, Stack
 from tests.support import run_cli, wait_until
 
@@ -112,3 +115,52 @@ def test_a_worker_killed_mid_job_changes_nothing(stack: Stack, texts: Counter[st
     assert done.items_done == texts.total()
     # A chunk is attempted again only when the broker redelivered it.
     assert done.chunks_total <= attempts <= done.chunks_total + redelivered
+
+
+def test_the_declared_stock_import_loads_its_table_and_rejects_by_line(
+    stack: Stack, env: dict[str, str]
+) -> None:
+    from acme_batch.samples import write_stock
+
+    stack.worker("stock")
+    write_stock(RUN_DATA_DIR / "stock.csv")
+    done = run_cli("submit", "acme.stock", "path=stock.csv", "--wait", "--json", env=env)
+    view = json.loads(done.stdout)
+    with stack.ctx.engine.connect() as connection:
+        stocked = dict(connection.execute(text("SELECT sku, value_cents FROM acme_stock")).all())
+        rejects = dict(
+            connection.execute(
+                select(import_rejects.c.line, import_rejects.c.reason).where(
+                    import_rejects.c.job_id == view["id"]
+                )
+            ).all()
+        )
+
+    assert done.returncode == 0, done.stderr
+    assert (view["status"], view["result"]["imported"], view["result"]["rejected"]) == (
+        "succeeded",
+        4,
+        3,
+    )
+    assert stocked == {"SKU-0001": 50_000, "SKU-0002": 299_997, "SKU-0003": 0, "SKU-0005": 4_200}
+    assert sorted(rejects) == [5, 7, 8]
+    assert rejects[5].startswith("units:")
+    assert "line 2" in rejects[7]  # SKU-0001 again: the file's first line of it wins
+    assert rejects[8].startswith("counted_at:")
+
+
+def test_the_stock_value_runs_on_the_schedule_the_example_declares(stack: Stack) -> None:
+    """The import above ran; beat, told to run the declared entry every 2 s, sends it and a
+    worker values the active stock: SKU-0001, -0002 and -0005 (-0003 is not active)."""
+    stack.worker("valuer")
+    beat = stack.beat(ACME_STOCK_VALUE_EVERY="2", BATCHAPP_BEAT_INTERVAL="2")
+    beat.wait_for_log("beat: sent acme.stock_value", timeout=30)
+
+    def valued() -> ledger.JobView | None:
+        runs = [v for v in ledger.recent(stack.ctx, 50) if v.name == "acme.stock_value"]
+        return next((v for v in runs if v.status == "succeeded"), None)
+
+    run = wait_until(valued, "a succeeded acme.stock_value run", WAIT)
+    beat.stop()
+
+    assert run.result == {"skus": 3, "units": 55, "value_cents": 50_000 + 299_997 + 4_200}

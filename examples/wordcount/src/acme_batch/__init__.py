@@ -2,8 +2,7 @@
 
 - ``jobs.py``: ``acme.wordcount``, registered through the ``batchapp.jobs`` entry point;
 - ``words.py``: the counting itself, plain Python, tested without batchapp running;
+- ``imports.py``: ``acme.stock``, a stock count CSV into the table ``acme_stock``, declared;
+- ``schedules.py``: ``acme.stock_value``, the stock's value, on a schedule declared in code;
 - ``samples.py``: a few small text files to count (``python -m acme_batch.samples DEST``).
-
-Still to come, once batchapp has the APIs for them: ``imports.py`` (a declared CSV import) and
-``schedules.py`` (a schedule entry).
 """
