@@ -113,11 +113,15 @@ def run_chunk(self: Task, job_id: str, index: int) -> str:
         return f"{exc} at {where}; dropped"
 
 
-@app.task(name="batchapp.tasks.run_periodic", throws=(ParamError,))
-def run_periodic(job_name: str, **params: Any) -> str:
-    """Start a periodic job, or record it skipped while its previous run is still going."""
+@app.task(name="batchapp.tasks.run_periodic", bind=True, throws=(ParamError,))
+def run_periodic(self: Task, job_name: str, **params: Any) -> str:
+    """Start a periodic job, or record it skipped while its previous run is still going.
+
+    The job's key is its tick's task id: a tick that arrives twice (a beat that took over sends
+    again the last leader's unconfirmed send) finds the job its first arrival started."""
     require_str("run_periodic", "job_name", job_name)
-    view = submit_job(job_name, params, exclusive=True)
+    key = f"tick:{self.request.id}" if self.request.id else None
+    view = submit_job(job_name, params, exclusive=True, key=key)
     return f"{view.name} {view.id}: {view.status}"
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from batchapp.jobs.base import utcnow
 from batchapp.storage.engines import dialect_insert, read_transaction, write_transaction
-from batchapp.storage.tables import beat_entries, beat_leases
+from batchapp.storage.tables import beat_entries, beat_leases, beat_sends
 
 
 def acquire(
@@ -66,24 +66,43 @@ def record_run(
     last_run_at: datetime,
     total_run_count: int,
     now: datetime | None = None,
+    task_id: str | None = None,
 ) -> bool:
     """Record that ``entry`` ran at ``last_run_at``, only while ``holder`` holds ``lease``;
-    False (nothing written) if it does not, and then it must not send."""
+    False (nothing written) if it does not, and then it must not send. With a ``task_id``, the
+    tick is also recorded as not yet sent, until :func:`sent`."""
     now = now or utcnow()
     with write_transaction(engine) as connection:
         current = _current(connection, lease)
         if current is None or current[0] != holder or current[1] <= now:
             return False
-        upsert = dialect_insert(engine.dialect.name, beat_entries).values(
-            name=entry, last_run_at=last_run_at, total_run_count=total_run_count
+        _put(
+            connection,
+            beat_entries,
+            name=entry,
+            last_run_at=last_run_at,
+            total_run_count=total_run_count,
         )
-        connection.execute(
-            upsert.on_conflict_do_update(
-                index_elements=[beat_entries.c.name],
-                set_={"last_run_at": last_run_at, "total_run_count": total_run_count},
-            )
-        )
+        if task_id is not None:
+            _put(connection, beat_sends, entry=entry, task_id=task_id, recorded_at=now)
         return True
+
+
+def sent(engine: Engine, entry: str, task_id: str) -> None:
+    """The tick ``task_id`` of ``entry`` is with the broker: no takeover sends it again."""
+    with write_transaction(engine) as connection:
+        connection.execute(
+            delete(beat_sends).where(beat_sends.c.entry == entry, beat_sends.c.task_id == task_id)
+        )
+
+
+def unsent(engine: Engine) -> dict[str, tuple[str, datetime]]:
+    """Each entry's recorded tick whose send was never confirmed: (task id, recorded at)."""
+    with read_transaction(engine) as connection:
+        rows = connection.execute(
+            select(beat_sends.c.entry, beat_sends.c.task_id, beat_sends.c.recorded_at)
+        )
+        return {entry: (task_id, recorded_at) for entry, task_id, recorded_at in rows}
 
 
 def recorded_runs(engine: Engine) -> dict[str, tuple[datetime, int]]:
@@ -93,6 +112,17 @@ def recorded_runs(engine: Engine) -> dict[str, tuple[datetime, int]]:
             select(beat_entries.c.name, beat_entries.c.last_run_at, beat_entries.c.total_run_count)
         )
         return {name: (last_run_at, count) for name, last_run_at, count in rows}
+
+
+def _put(connection: Connection, table: Table, **values: object) -> None:
+    """Insert the row, or update the one with its primary key (the first value given)."""
+    key = next(iter(values))
+    statement = dialect_insert(connection.dialect.name, table).values(**values)
+    connection.execute(
+        statement.on_conflict_do_update(
+            index_elements=[table.c[key]], set_={k: v for k, v in values.items() if k != key}
+        )
+    )
 
 
 def _current(connection: Connection, name: str, lock: bool = True) -> tuple[str, datetime] | None:

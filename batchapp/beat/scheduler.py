@@ -14,9 +14,11 @@ effect within one beat interval. Their last runs are recorded under the lease li
 
 from __future__ import annotations
 
+import copy
 import os
 import socket
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -64,6 +66,8 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
         self._code_names: set[str] = set()
         self._stored_names: set[str] = set()
         self._stored_version: int | None = None
+        # Entry name -> the task id its recorded tick is sent with (reserve, then apply_async).
+        self._tick_ids: dict[str, str] = {}
         super().__init__(app, *args, **kwargs)
 
     @contextmanager
@@ -107,18 +111,48 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
     def reserve(self, entry: Any) -> Any:
         new_entry = next(entry)
         last_run_at = new_entry.last_run_at.astimezone(UTC).replace(tzinfo=None)
+        tick_id = str(uuid.uuid4())
         with self.database() as engine:
             recorded = leases.record_run(
-                engine, LEASE, self.holder, entry.name, last_run_at, new_entry.total_run_count
+                engine,
+                LEASE,
+                self.holder,
+                entry.name,
+                last_run_at,
+                new_entry.total_run_count,
+                task_id=tick_id,
             )
         if not recorded:
             raise LeaseLost(entry.name)
+        self._tick_ids[entry.name] = tick_id
         self.schedule[entry.name] = new_entry
         return new_entry
 
     def apply_async(self, entry: Any, *args: Any, **kwargs: Any) -> Any:
-        result = super().apply_async(entry, *args, **kwargs)
-        logger.info("beat: sent %s (%s) as %s", entry.name, entry.task, result.id)
+        tick_id = self._tick_ids.pop(entry.name, None)
+        if tick_id is None:
+            return super().apply_async(entry, *args, **kwargs)
+        return self._send(entry, tick_id, producer=kwargs.get("producer"))
+
+    def _send(self, entry: Any, tick_id: str, again: bool = False, producer: Any = None) -> Any:
+        """Send ``entry``'s recorded tick as task ``tick_id``; once the broker confirmed it, it is
+        no longer recorded as unsent."""
+        sending = copy.copy(entry)
+        sending.options = {**entry.options, "task_id": tick_id}
+        result = super().apply_async(sending, producer=producer or self.producer, advance=False)
+        logger.info(
+            "beat: sent %s%s (%s) as %s",
+            "again " if again else "",
+            entry.name,
+            entry.task,
+            result.id,
+        )
+        try:
+            with self.database() as engine:
+                leases.sent(engine, entry.name, tick_id)
+        except SQLAlchemyError as exc:
+            # A beat taking over would send it again under the same id: it still runs once.
+            logger.warning("beat: cannot record %s as sent: %s", entry.name, exc)
         return result
 
     def close(self) -> None:
@@ -168,6 +202,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
                 entry.total_run_count = count
         # The next sends are computed from the last runs just loaded.
         self.populate_heap()
+        self._send_unsent()
         self.leading = True
         self._standby_logged = False
         logger.info(
@@ -176,6 +211,27 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
             self.lease.total_seconds(),
             len(runs),
         )
+
+    def _send_unsent(self) -> None:
+        """Send the ticks the last leader recorded but was stopped before sending, under their
+        recorded task ids: a tick it did send arrives twice, and its run happens once (the job
+        key ``tick:ID``; see ``tasks.run_periodic``). A tick past its expiry is dropped."""
+        with self.database() as engine:
+            unsent = leases.unsent(engine)
+        now = datetime.now(UTC).replace(tzinfo=None)
+        for name, (tick_id, recorded_at) in sorted(unsent.items()):
+            entry = self.schedule.get(name)
+            expires = entry.options.get("expires") if entry is not None else 0
+            if entry is None or (
+                expires is not None and now - recorded_at > timedelta(seconds=expires)
+            ):
+                with self.database() as engine:
+                    leases.sent(engine, name, tick_id)  # removed, or it would expire on arrival
+                continue
+            try:
+                self._send(entry, tick_id, again=True)
+            except Exception as exc:  # as Celery's apply_entry does: log it and go on
+                logger.error("beat: cannot send %s again: %s", name, exc)
 
     def _pick_up_changes(self) -> None:
         """Reread the stored entries if their change counter moved since the last read."""

@@ -148,7 +148,12 @@ class BatchappTask(Task):  # type: ignore[misc]
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
     ) -> Any:
-        options = delay_options(self.app, options)
+        # producer=None or connection=None, as Celery's beat passes them, means "not given".
+        options = {
+            name: value
+            for name, value in delay_options(self.app, options).items()
+            if value is not None or name not in ("producer", "connection")
+        }
         if not self._confirms_in_window(options):
             return self._publish(args, kwargs, task_id=task_id, **options)
         task_id = task_id or uuid()

@@ -222,6 +222,16 @@ beat_entries = Table(
     Column("total_run_count", BigInteger, nullable=False),
 )
 
+beat_sends = Table(
+    "batch_beat_sends",
+    metadata,
+    # Each entry's latest recorded tick until its send is confirmed: a beat that takes over from
+    # a leader killed in between sends it (same task id, so the run happens once).
+    Column("entry", String(255), primary_key=True),
+    Column("task_id", String(64), nullable=False),
+    Column("recorded_at", DateTime, nullable=False),
+)
+
 SCHEDULE_NAME_MAX_CHARS = 200
 
 schedules = Table(

@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from celery.beat import Scheduler
+from sqlalchemy import Engine, update
 
+from batchapp import tasks
 from batchapp.beat import leases
 from batchapp.beat.scheduler import LeaderScheduler, lease_seconds
 from batchapp.celery import app
 from batchapp.storage.engines import engine_for, write_transaction
-from batchapp.storage.tables import beat_entries, beat_leases, ensure_schema
+from batchapp.storage.tables import beat_entries, beat_leases, beat_sends, ensure_schema
 from tests.support import run_cli
 from tests.unit.conftest import RUN_DATA_DIR
 
@@ -118,3 +124,85 @@ def test_a_beat_stopped_inside_a_lease_call_does_not_wait_on_its_own_transaction
     assert held_on and leases.holder_of(engine, "beat") == scheduler.holder  # left to expire
     scheduler.close()  # outside a call, a clean stop gives the lease up
     assert leases.holder_of(engine, "beat") is None
+
+
+@pytest.fixture
+def beats(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[tuple[LeaderScheduler, LeaderScheduler, list[Any]]]:
+    """Two beats on the settings' database, no lease held; sends captured, not published."""
+    sends: list[Any] = []
+
+    def publish(
+        self: Any, entry: Any, producer: Any = None, advance: bool = True, **kw: Any
+    ) -> Any:
+        sends.append((entry.name, entry.options.get("task_id")))
+        return SimpleNamespace(id=entry.options.get("task_id"))
+
+    monkeypatch.setattr(Scheduler, "apply_async", publish)
+    monkeypatch.setattr(Scheduler, "producer", None)  # no broker in this tier
+    first, second = LeaderScheduler(app, lazy=True), LeaderScheduler(app, lazy=True)
+    second.holder += "-standby"
+
+    def clear() -> None:
+        with first.database() as engine, write_transaction(engine) as connection:
+            for table in (beat_leases, beat_sends):
+                connection.execute(table.delete())
+
+    clear()
+    for beat in (first, second):
+        beat.setup_schedule()
+    yield first, second, sends
+    clear()  # the other tests' beats share this database
+
+
+def test_a_tick_recorded_by_a_leader_killed_before_its_send_is_sent_by_the_next(
+    beats: tuple[LeaderScheduler, LeaderScheduler, list[Any]],
+) -> None:
+    leader, standby, sends = beats
+    leader._check_lease()
+    leader.reserve(leader.schedule["calculate-sum"])  # recorded; killed before apply_async
+    with leader.database() as engine:
+        ((tick_id, _),) = [leases.unsent(engine)["calculate-sum"]]
+        leases.release(engine, "beat", leader.holder)  # its lease ran out
+
+    standby._check_lease()
+
+    assert standby.leading
+    assert sends == [("calculate-sum", tick_id)]  # the same task id: it runs once
+    with standby.database() as engine:
+        assert leases.unsent(engine) == {}
+
+
+def test_a_sent_tick_is_not_sent_again_and_an_expired_one_is_dropped(
+    beats: tuple[LeaderScheduler, LeaderScheduler, list[Any]],
+) -> None:
+    leader, standby, sends = beats
+    leader._check_lease()
+    entry = leader.schedule["calculate-sum"]
+    leader.reserve(entry)  # as beat's tick does: reserve, then send
+    leader.apply_async(entry)
+    leader.reserve(leader.schedule["sales-report"])  # killed before this send ...
+    with leader.database() as engine:
+        with write_transaction(engine) as connection:
+            # ... longer ago than the tick's expiry: it would be discarded on arrival.
+            connection.execute(update(beat_sends).values(recorded_at=datetime(2000, 1, 1)))
+        leases.release(engine, "beat", leader.holder)
+
+    standby._check_lease()
+
+    assert [name for name, _ in sends] == ["calculate-sum"]
+    with standby.database() as engine:
+        assert leases.unsent(engine) == {}
+
+
+def test_a_tick_that_arrives_twice_starts_one_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tasks, "publish_chunks", lambda *args, **kwargs: None)
+    tick = str(uuid.uuid4())
+
+    first = tasks.run_periodic.apply(("report",), task_id=tick).get()
+    again = tasks.run_periodic.apply(("report",), task_id=tick).get()
+    other = tasks.run_periodic.apply(("report",), task_id=str(uuid.uuid4())).get()
+
+    assert first == again and first.endswith(": running")
+    assert other != first and other.endswith(": skipped")
