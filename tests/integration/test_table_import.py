@@ -90,7 +90,8 @@ def test_a_declared_import_fills_the_teams_table_and_rejects_by_line(own_stack: 
             f",{tag}-3,0,5,2026-11-25T09:00:00,,",
             f",{tag}-1,9,1.00,2026-11-25T09:00:00,,",
             f",{tag}-4,1,5.001,2026-11-25T09:00:00,,",
-            f",{tag.lower()}-5,1,5,2026-11-25T09:00:00,,",
+            # Letters of its own: a tag of hex digits alone has no case to lower.
+            f",low-{tag}-5,1,5,2026-11-25T09:00:00,,",
             f",{tag}-6,1,5,2026-11-25T09:00:00,2026-02-30,",
             f",{tag}-7,3,0.25,2026-11-25T09:00:00,,no",
         ]
@@ -103,7 +104,7 @@ def test_a_declared_import_fills_the_teams_table_and_rejects_by_line(own_stack: 
         4: "qty: must be between 1 and 1,000, got 0",
         5: f"id '{tag}-1' repeats line 2 (a file may hold an id once)",
         6: "price: expected a decimal with at most 2 places, got '5.001'",
-        7: f"id: does not match the pattern '[A-Z0-9-]+': '{tag.lower()}-5'",
+        7: f"id: does not match the pattern '[A-Z0-9-]+': 'low-{tag}-5'",
         8: "due: expected a date YYYY-MM-DD, got '2026-02-30'",
     }
     first, plain, last = held[f"{tag}-1"], held[f"{tag}-2"], held[f"{tag}-7"]
