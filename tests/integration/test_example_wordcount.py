@@ -2,7 +2,8 @@
 its ``batchapp.jobs`` entry points alone (no ``BATCHAPP_JOBS``), on real workers, beat and
 RabbitMQ: the word count equals the count made here from the files, and a worker SIGKILLed
 mid-job changes it not at all; the declared stock import loads its table and rejects by line;
-the stock value runs on the schedule the example declares."""
+the stock value runs on the schedule the example declares; and the same jobs run on a
+PostgreSQL ledger by configuration alone."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from sqlalchemy import select, text
 
 from batchapp import ledger
 from batchapp.storage.tables import import_rejects
-from tests.integration.conftest import RUN_DATA_DIR, Stack
+from tests.integration.conftest import RUN_DATA_DIR, Stack, _stack
 from tests.support import run_cli, wait_until
 
 FOLDER = "wordcount-texts"
@@ -164,3 +165,21 @@ def test_the_stock_value_runs_on_the_schedule_the_example_declares(stack: Stack)
     beat.stop()
 
     assert run.result == {"skus": 3, "units": 55, "value_cents": 50_000 + 299_997 + 4_200}
+
+
+def test_the_projects_jobs_run_on_postgresql_by_configuration_alone(
+    stack: Stack, postgres_url: str, texts: Counter[str]
+) -> None:
+    from acme_batch.samples import write_stock
+
+    stack.stop_all()  # the SQLite workers would take this ledger's chunks and not find them
+    write_stock(RUN_DATA_DIR / "stock.csv")
+    for pg in _stack("example_pg", postgres_url):
+        pg.worker("pg")
+        counted = submit(pg.env, "top=7", "chunk_bytes=300", "--wait", "--timeout", str(WAIT))
+        stocked = run_cli("submit", "acme.stock", "path=stock.csv", "--wait", "--json", env=pg.env)
+
+    assert counted["status"] == "succeeded", counted
+    assert counted["result"] == expected_result(texts, 7)
+    assert stocked.returncode == 0, stocked.stderr
+    assert json.loads(stocked.stdout)["result"]["imported"] == 4
