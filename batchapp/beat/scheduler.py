@@ -34,6 +34,7 @@ from batchapp.beat.entries import code_entries, stored_entry
 from batchapp.beat.timing import ScheduleError, checked
 from batchapp.celery import settings
 from batchapp.jobs import JOBS
+from batchapp.jobs.base import utcnow
 from batchapp.runtime import job_context
 from batchapp.storage.engines import engine_for
 from batchapp.storage.tables import ensure_schema
@@ -218,7 +219,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
         key ``tick:ID``; see ``tasks.run_periodic``). A tick past its expiry is dropped."""
         with self.database() as engine:
             unsent = leases.unsent(engine)
-        now = datetime.now(UTC).replace(tzinfo=None)
+        now = utcnow()
         for name, (tick_id, recorded_at) in sorted(unsent.items()):
             entry = self.schedule.get(name)
             expires = entry.options.get("expires") if entry is not None else 0
