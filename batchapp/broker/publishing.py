@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
-from amqp.exceptions import MessageNacked
+from amqp.exceptions import IrrecoverableConnectionError, MessageNacked
 from celery import Task, uuid
 from kombu.exceptions import OperationalError as KombuOperationalError
 
@@ -208,6 +208,14 @@ class BatchappTask(Task):  # type: ignore[misc]
                 raise
             raise KombuOperationalError(
                 f"cannot publish {self.name}: the broker connection is closed ({exc})"
+            ) from exc
+        except IrrecoverableConnectionError as exc:
+            # kombu retries only the errors py-amqp calls recoverable; a node that is stopping
+            # may close connections with 541 INTERNAL_ERROR, which py-amqp does not.
+            raise KombuOperationalError(
+                f"cannot publish {self.name}: the broker closed the connection "
+                f"({exc.reply_code} {exc.reply_text}); it may not have been queued: "
+                "publish it again"
             ) from exc
         except KombuOperationalError as exc:
             # A nack still there after the publish retries reads as an empty OperationalError.

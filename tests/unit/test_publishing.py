@@ -53,3 +53,18 @@ def test_a_connection_not_connected_yet_is_not_called_closed() -> None:
 
     assert not closed(producer, connection, was_connected=False)
     assert closed(producer, SimpleNamespace(connected=False), was_connected=True)
+
+
+def test_a_connection_the_broker_closed_with_an_internal_error_is_a_connection_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # What a stopping cluster node sent a caller mid-publish: py-amqp calls it irrecoverable,
+    # so kombu raised it raw instead of as the connection error a caller catches.
+    def closed_by_broker(*args: Any, **kwargs: Any) -> None:
+        raise amqp.exceptions.InternalError("INTERNAL_ERROR", reply_code=541)
+
+    monkeypatch.setattr(Task, "apply_async", closed_by_broker)
+    producer = SimpleNamespace(connection=SimpleNamespace(connected=True))
+
+    with pytest.raises(OperationalError, match=r"closed the connection \(541 INTERNAL_ERROR\)"):
+        calculate_sum.apply_async((3,), producer=producer)
