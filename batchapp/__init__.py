@@ -11,7 +11,8 @@ The public job API is imported from here::
 
 A CSV into a table of your own is declared with ``csv_import`` and the ``Csv...`` column
 types (``CsvColumn``, ``CsvInt``, ``CsvDecimal``, ``CsvText``, ``CsvDate``, ``CsvTimestamp``,
-``CsvBool``, ``Derived``); see docs/jobs.md.
+``CsvBool``, ``Derived``); see docs/jobs.md. ``data_path`` confines a path a job is given
+to ``BATCHAPP_DATA_DIR``.
 
 Its names are loaded on first use, so ``import batchapp`` stays light: it neither loads the
 settings nor makes the Celery app, which lives in :mod:`batchapp.celery` (``celery -A
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
         CsvType,
         DeclarationError,
     )
+    from batchapp.jobs.data_files import data_path
     from batchapp.jobs.decorator import FunctionJob, job, ranges
     from batchapp.jobs.import_spec import CsvColumn, Derived
     from batchapp.jobs.params import Bool, Choice, Float, Int, Param, Str
@@ -76,6 +78,7 @@ _API = {
     "CsvTimestamp": "batchapp.jobs.columns",
     "CsvBool": "batchapp.jobs.columns",
     "DeclarationError": "batchapp.jobs.columns",
+    "data_path": "batchapp.jobs.data_files",
 }
 
 __all__ = [
@@ -106,6 +109,7 @@ __all__ = [
     "TableImport",
     "cron",
     "csv_import",
+    "data_path",
     "every",
     "job",
     "ranges",

@@ -23,8 +23,10 @@ class FileChanged(RuntimeError):
     """The file is not the one the job was planned on."""
 
 
-def resolve_data_path(data_dir: Path, name: str, job: str = "import_csv") -> Path:
-    """``name`` as a real file inside ``data_dir``; anything that leads outside is refused."""
+def data_path(data_dir: Path, name: str, job: str, what: str = "path") -> Path:
+    """``name`` (relative to ``data_dir``, or absolute) as the real path of something that
+    exists inside ``data_dir``; anything leading out of it (``..``, an absolute path elsewhere,
+    a symlink) is refused with a :class:`ParamError` naming ``job`` and ``what`` was sought."""
     if "\0" in name:
         raise ParamError(f"{job}: path contains a NUL byte")
     root = data_dir.resolve()
@@ -33,15 +35,22 @@ def resolve_data_path(data_dir: Path, name: str, job: str = "import_csv") -> Pat
         real = candidate.resolve(strict=True)
     except FileNotFoundError:
         raise ParamError(
-            f"{job}: file not found: {shown(name)} (paths are relative to BATCHAPP_DATA_DIR {root})"
+            f"{job}: {what} not found: {shown(name)} "
+            f"(paths are relative to BATCHAPP_DATA_DIR {root})"
         ) from None
     except (OSError, RuntimeError) as exc:
         raise ParamError(f"{job}: cannot resolve {shown(name)}: {exc}") from None
     if not real.is_relative_to(root):
         raise ParamError(
             f"{job}: {shown(name)} is outside BATCHAPP_DATA_DIR ({root}); "
-            "only files inside it can be imported"
+            "only what is inside it can be read"
         )
+    return real
+
+
+def resolve_data_path(data_dir: Path, name: str, job: str = "import_csv") -> Path:
+    """``name`` as a real regular file inside ``data_dir`` (see :func:`data_path`)."""
+    real = data_path(data_dir, name, job, "file")
     if not real.is_file():
         raise ParamError(f"{job}: {shown(name)} is not a regular file")
     return real

@@ -134,6 +134,25 @@ def _stack(name: str, database_url: str) -> Iterator[Stack]:
         purge_queue()
 
 
+def stack_with_jobs(request: pytest.FixtureRequest, jobs_module: str) -> Iterator[Stack]:
+    """A stack whose worker and CLI load ``jobs_module`` through BATCHAPP_JOBS: the module's
+    SQLite ``stack`` for the param "sqlite", a PostgreSQL ledger of its own for "postgresql"."""
+    own = {"BATCHAPP_JOBS": jobs_module}
+    if request.param == "sqlite":
+        stack: Stack = request.getfixturevalue("stack")
+        stack.env = {**stack.env, **own}
+        stack.worker()
+        yield stack
+        stack.stop_all()
+    else:
+        url: str = request.getfixturevalue("postgres_url")
+        name = request.module.__name__.rsplit(".", 1)[-1]
+        for pg_stack in _stack(f"{name}_pg", url):
+            pg_stack.env = {**pg_stack.env, **own}
+            pg_stack.worker()
+            yield pg_stack
+
+
 @pytest.fixture(scope="session")
 def wordcount_example() -> Path:
     """examples/wordcount installed with ``pip install -e``: every worker and CLI started from

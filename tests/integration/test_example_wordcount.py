@@ -84,7 +84,7 @@ def test_a_folder_outside_the_data_folder_is_refused_in_one_line(env: dict[str, 
     done = run_cli("submit", "acme.wordcount", "folder=../..", env=env)
 
     assert done.returncode == 1
-    assert done.stderr.startswith("Error: acme.wordcount: ../.. is outside BATCHAPP_DATA_DIR")
+    assert done.stderr.startswith("Error: acme.wordcount: '../..' is outside BATCHAPP_DATA_DIR")
     assert len(done.stderr.strip().splitlines()) == 1
 
 

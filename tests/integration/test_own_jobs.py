@@ -8,25 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.conftest import Stack, _stack
+from tests.integration.conftest import Stack, stack_with_jobs
 from tests.support import run_cli
-
-OWN_JOBS = {"BATCHAPP_JOBS": "tests.acme_jobs"}
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def own_stack(request: pytest.FixtureRequest, stack: Stack) -> Iterator[Stack]:
-    if request.param == "sqlite":
-        stack.env = {**stack.env, **OWN_JOBS}
-        stack.worker()
-        yield stack
-        stack.stop_all()
-    else:
-        url: str = request.getfixturevalue("postgres_url")
-        for pg_stack in _stack("test_own_jobs_pg", url):
-            pg_stack.env = {**pg_stack.env, **OWN_JOBS}
-            pg_stack.worker()
-            yield pg_stack
+def own_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    yield from stack_with_jobs(request, "tests.acme_jobs")
 
 
 def test_a_short_form_job_runs_on_a_worker(own_stack: Stack) -> None:

@@ -19,26 +19,15 @@ from batchapp.jobs import JobContext, import_rows
 from batchapp.storage.engines import engine_for
 from batchapp.storage.tables import ensure_schema, import_rejects
 from tests.acme_tables import orders
-from tests.integration.conftest import RUN_DATA_DIR, Stack, _stack
+from tests.integration.conftest import RUN_DATA_DIR, Stack, stack_with_jobs
 from tests.support import run_cli
 
-OWN_JOBS = {"BATCHAPP_JOBS": "tests.acme_tables"}
 HEADER = "note,id,qty,price,placed_at,due,gift\n"
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
-def own_stack(request: pytest.FixtureRequest, stack: Stack) -> Iterator[Stack]:
-    if request.param == "sqlite":
-        stack.env = {**stack.env, **OWN_JOBS}
-        stack.worker()
-        yield stack
-        stack.stop_all()
-    else:
-        url: str = request.getfixturevalue("postgres_url")
-        for pg_stack in _stack("test_table_import_pg", url):
-            pg_stack.env = {**pg_stack.env, **OWN_JOBS}
-            pg_stack.worker()
-            yield pg_stack
+def own_stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
+    yield from stack_with_jobs(request, "tests.acme_tables")
 
 
 def submit(stack: Stack, name: str) -> dict[str, Any]:

@@ -60,9 +60,9 @@ def test_the_job_counts_every_word_of_the_folder_once(data_dir: Path) -> None:
     [
         ({}, "acme.wordcount: missing parameter folder (a string)"),
         ({"folder": "texts", "size": "1"}, "acme.wordcount: unknown parameter 'size' (known: "),
-        ({"folder": "../.."}, "acme.wordcount: ../.. is outside BATCHAPP_DATA_DIR"),
-        ({"folder": "/etc"}, "acme.wordcount: /etc is outside BATCHAPP_DATA_DIR"),
-        ({"folder": "nope"}, "acme.wordcount: not found: nope (paths are relative to"),
+        ({"folder": "../.."}, "acme.wordcount: '../..' is outside BATCHAPP_DATA_DIR"),
+        ({"folder": "/etc"}, "acme.wordcount: '/etc' is outside BATCHAPP_DATA_DIR"),
+        ({"folder": "nope"}, "acme.wordcount: folder not found: 'nope' (paths are relative to"),
         ({"folder": "texts/mill.txt"}, "acme.wordcount: texts/mill.txt is not a folder"),
         ({"folder": "texts", "chunk_bytes": "10"}, "chunk_bytes must be between 64 and"),
     ],
@@ -83,10 +83,10 @@ def test_symlinks_out_of_the_data_folder_are_refused(data_dir: Path, tmp_path: P
     os.symlink(outside / "secret.txt", data_dir / "texts" / "secret.txt")
     job, ctx = WordCount(), context(data_dir)
 
-    with pytest.raises(ParamError, match="escape is outside BATCHAPP_DATA_DIR"):
+    with pytest.raises(ParamError, match="escape' is outside BATCHAPP_DATA_DIR"):
         job.parse_params({"folder": "escape"}, ctx)
     params = job.parse_params({"folder": "texts"}, ctx)
-    with pytest.raises(ParamError, match=r"^acme\.wordcount: texts/secret\.txt is outside"):
+    with pytest.raises(ParamError, match=r"^acme\.wordcount: 'texts/secret\.txt' is outside"):
         list(job.plan(params, ctx))
 
 

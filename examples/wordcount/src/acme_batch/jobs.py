@@ -11,13 +11,21 @@ its output is ``{word: count}``; the reduce adds them up and ranks the words.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batchapp import Chunk, ChunkOutcome, Float, Int, Job, JobContext, ParamError, Str
+from batchapp import (
+    Chunk,
+    ChunkOutcome,
+    Float,
+    Int,
+    Job,
+    JobContext,
+    ParamError,
+    Str,
+    data_path,
+)
 
 from acme_batch.words import byte_ranges, count_range, merge, top_words
 
@@ -56,7 +64,7 @@ class WordCount(Job):
             )
         params = {key: param.parse(NAME, raw, key) for key, param in PARAMS.items()}
         root = ctx.settings.data_dir.resolve()
-        folder = resolve_inside(root, params["folder"])
+        folder = data_path(root, params["folder"], NAME, "folder")
         if not folder.is_dir():
             raise ParamError(f"{NAME}: {params['folder']} is not a folder")
         params["folder"] = str(folder.relative_to(root))
@@ -71,7 +79,7 @@ class WordCount(Job):
             raise ParamError(f"{NAME}: no file matches {params['pattern']} in {params['folder']}")
         count = 0
         for found in files:
-            path = resolve_inside(root, str(found.relative_to(root)))
+            path = data_path(root, str(found.relative_to(root)), NAME, "file")
             size = path.stat().st_size
             with path.open("rb") as file:
                 for start, end in byte_ranges(file, size, params["chunk_bytes"]):
@@ -85,7 +93,7 @@ class WordCount(Job):
 
     def prepare(self, params: dict[str, Any], spec: dict[str, Any], ctx: JobContext) -> Any:
         time.sleep(params["pause"])
-        path = resolve_inside(ctx.settings.data_dir.resolve(), spec["path"])
+        path = data_path(ctx.settings.data_dir, spec["path"], NAME, "file")
         size = path.stat().st_size
         if size != spec["size"]:
             raise FileChanged(
@@ -105,22 +113,3 @@ class WordCount(Job):
             "distinct": len(total),
             "top": top_words(total, params["top"]),
         }
-
-
-def resolve_inside(root: Path, name: str) -> Path:
-    """``name`` (relative to ``root``) as a real path inside ``root``; anything leading out of
-    it (``..``, an absolute path elsewhere, a symlink) is refused."""
-    if "\0" in name:
-        raise ParamError(f"{NAME}: {name!r} contains a NUL byte")
-    candidate = Path(name) if os.path.isabs(name) else root / name
-    try:
-        real = candidate.resolve(strict=True)
-    except FileNotFoundError:
-        raise ParamError(
-            f"{NAME}: not found: {name} (paths are relative to BATCHAPP_DATA_DIR {root})"
-        ) from None
-    except (OSError, RuntimeError) as exc:
-        raise ParamError(f"{NAME}: cannot resolve {name}: {exc}") from None
-    if not real.is_relative_to(root):
-        raise ParamError(f"{NAME}: {name} is outside BATCHAPP_DATA_DIR ({root})")
-    return real
