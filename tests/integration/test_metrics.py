@@ -136,3 +136,12 @@ def test_a_broker_that_is_not_there_is_down_within_the_timeout(metrics_stack: St
     assert b"batchapp_broker_up 0.0" in body
     assert b"batchapp_jobs{" in body
     assert took < 10, took
+
+
+def test_a_queue_the_broker_lacks_is_left_out_and_the_others_still_read(
+    metrics_stack: Stack,
+) -> None:
+    found = depths.queue_depths(app, ["batchapp.no-such-queue", queues.CALLS, queues.DEAD], 10.0)
+
+    assert set(found) == {queues.CALLS, queues.DEAD}
+    assert found[queues.CALLS].consumers == in_rabbitmq()[queues.CALLS][1]

@@ -287,3 +287,10 @@ def test_a_scrape_runs_the_same_few_statements_whatever_the_number_of_jobs(
         counted.append(len(statements))
 
     assert counted == [2, 2]  # the ledger and the beat lease
+
+
+def test_a_queue_the_broker_has_not_declared_has_no_sample(ctx: JobContext) -> None:
+    _, found = scrape(ctx, read_broker=lambda timeout: {CALLS: QueueDepth(5, 1)})
+
+    assert by_label(found, "batchapp_queue_messages_ready", "queue") == {CALLS: 5}
+    assert found[("batchapp_dead_letters", ())] == 0
