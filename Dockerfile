@@ -1,4 +1,4 @@
-# One image for worker and beat (and any CLI use): batchapp on Python 3.11, as a non-root user.
+# One image for worker, beat and web (and any CLI use): batchapp on Python 3.11, as a non-root user.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -10,7 +10,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY batchapp ./batchapp
 COPY docker ./docker
-RUN pip install ".[postgres]" \
+RUN pip install ".[postgres,web]" \
     && groupadd --gid 10001 batchapp \
     && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin batchapp \
     && mkdir -p /data && chown batchapp:batchapp /data \

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from amqp.exceptions import ChannelError
 from celery.schedules import maybe_schedule
 from sqlalchemy.engine import make_url
 
@@ -22,11 +21,12 @@ from batchapp.beat.entries import CODE, STORED, code_entries, stored_entry
 from batchapp.beat.scheduler import LEASE
 from batchapp.beat.stored import ScheduleNameError, StoredEntry
 from batchapp.beat.timing import Schedule, ScheduleError, cron, every
-from batchapp.broker import dead_letters
+from batchapp.broker import dead_letters, depths, queues
 from batchapp.broker.dead_letters import DEAD_LETTER_QUEUE, DeadLetter
 from batchapp.broker.dead_letters import REASONS as DEAD_LETTER_REASONS
+from batchapp.broker.depths import QueueDepth
 from batchapp.celery import app, settings
-from batchapp.jobs import JOBS, ParamError
+from batchapp.jobs import JOBS, JobContext, ParamError
 from batchapp.jobs.sales_csv import (
     SampleStats,
     SampleTargetError,
@@ -41,6 +41,7 @@ from batchapp.ledger import (
     JobView,
     UnknownJobError,
 )
+from batchapp.ledger import metrics as ledger_metrics
 from batchapp.runtime import job_context
 from batchapp.settings import mask_url
 from batchapp.storage.tables import ensure_schema
@@ -64,12 +65,16 @@ __all__ = [
     "FAILED",
     "SUCCEEDED",
     "USER_ERRORS",
+    "WORK_QUEUES",
     "DeadLetter",
     "ExecutionView",
     "JobType",
     "JobView",
+    "LedgerFigures",
+    "QueueDepth",
     "SampleStats",
     "ScheduleEntry",
+    "beat_leader",
     "broker_shown",
     "call_calculate_sum",
     "cancel_job",
@@ -82,6 +87,8 @@ __all__ = [
     "job_context",
     "job_executions",
     "job_types",
+    "ledger_figures",
+    "queue_depths",
     "recent_jobs",
     "retry_job",
     "schedule",
@@ -180,12 +187,9 @@ def chunks_in_flight(view: JobView) -> bool:
     queue = chunk_queue(view.name)
     try:
         with app.connection_for_write() as connection:
-            try:
-                _, ready, consumers = connection.default_channel.queue_declare(
-                    queue=queue, passive=True
-                )
-            except ChannelError:  # no such queue: nothing is in it
-                ready = consumers = 0
+            depth = depths.passive_declare(connection.default_channel, queue)
+        # No such queue: nothing is in it.
+        ready, consumers = (depth.ready, depth.consumers) if depth else (0, 0)
         if ready:
             return True
         if not consumers:
@@ -346,6 +350,29 @@ def dead_letters_peek(limit: int) -> tuple[int, list[DeadLetter]]:
 
 def dead_letters_purge() -> int:
     return dead_letters.purge(app, settings.broker_timeout)
+
+
+# The queues workers consume, by kind of work (the dead-letter queue is read apart).
+WORK_QUEUES = queues.ALL
+LedgerFigures = ledger_metrics.LedgerFigures
+
+
+def queue_depths(timeout: float) -> dict[str, QueueDepth]:
+    """Ready messages and consumers of the work queues and of the dead-letter queue, as the
+    broker has them now (a queue not declared yet is missing); gives up after ``timeout`` s."""
+    return depths.queue_depths(app, (*WORK_QUEUES, DEAD_LETTER_QUEUE), timeout)
+
+
+def ledger_figures(ctx: JobContext | None = None) -> LedgerFigures:
+    """Jobs, chunks and items per job name, and each name's last success; see ledger.metrics."""
+    return ledger_metrics.figures(ctx or job_context())
+
+
+def beat_leader(ctx: JobContext | None = None) -> str | None:
+    """The beat that holds the lease now (None: no beat is sending ticks)."""
+    engine = (ctx or job_context()).engine
+    ensure_schema(engine)
+    return leases.holder_of(engine, LEASE)
 
 
 def call_calculate_sum(n: int, timeout: float) -> int:

@@ -23,7 +23,13 @@ SERVICES: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)["services"]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 BEAT_SCRIPT = (ROOT / "docker" / "beat-start.sh").read_text()
 ENV_EXAMPLE = ROOT / ".env.example"
-REQUIRED_SECRETS = ("RABBITMQ_USER", "RABBITMQ_PASSWORD", "FLOWER_BASIC_AUTH")
+REQUIRED_SECRETS = (
+    "RABBITMQ_USER",
+    "RABBITMQ_PASSWORD",
+    "FLOWER_BASIC_AUTH",
+    "BATCHAPP_WEB_USERS",
+    "BATCHAPP_WEB_SECRET",
+)
 WORKERS = ("worker", "chunk-worker")
 
 
@@ -33,9 +39,9 @@ def duration_s(text: str) -> float:
     return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ms|h|m|s)", text))
 
 
-def test_services_are_rabbitmq_worker_beat_and_flower() -> None:
+def test_services_are_rabbitmq_worker_beat_web_and_flower() -> None:
     default = {name for name, service in SERVICES.items() if "profiles" not in service}
-    assert default == {"rabbitmq", *WORKERS, "beat", "flower"}
+    assert default == {"rabbitmq", *WORKERS, "beat", "web", "flower"}
 
 
 def test_two_beats_run_one_leading_by_lease() -> None:
@@ -77,7 +83,7 @@ def test_beat_start_script_runs_beat_with_no_pid_file_to_block_a_second_replica(
 
 
 def test_data_volume_is_shared_at_the_absolute_data_dir() -> None:
-    for name in (*WORKERS, "beat"):
+    for name in (*WORKERS, "beat", "web"):
         service = SERVICES[name]
         data_dir = service["environment"]["BATCHAPP_DATA_DIR"]
         mounts = [volume.split(":")[1] for volume in service["volumes"]]
@@ -139,7 +145,7 @@ def test_rabbitmq_is_pinned_and_has_a_healthcheck() -> None:
 
 
 def test_services_wait_for_a_healthy_rabbitmq() -> None:
-    for name in (*WORKERS, "beat", "flower"):
+    for name in (*WORKERS, "beat", "web", "flower"):
         assert SERVICES[name]["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
 
 
@@ -150,9 +156,12 @@ def test_flower_image_is_pinned_and_requires_basic_auth() -> None:
     assert flower["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
 
 
-@pytest.mark.parametrize("name", ["rabbitmq", "flower"])
+@pytest.mark.parametrize("name", ["rabbitmq", "flower", "web"])
 def test_web_uis_are_published_on_loopback_only(name: str) -> None:
-    assert all(str(port).startswith("127.0.0.1:") for port in SERVICES[name].get("ports", []))
+    ports = SERVICES[name].get("ports", [])
+
+    assert ports
+    assert all(str(port).startswith("127.0.0.1:") for port in ports)
 
 
 def test_containers_run_as_the_non_root_user_that_owns_the_data_dir() -> None:
@@ -162,7 +171,7 @@ def test_containers_run_as_the_non_root_user_that_owns_the_data_dir() -> None:
     assert users and users[-1] not in {"root", "0"}
     assert uid and uid[1] != "0"
     assert "chown batchapp:batchapp /data" in DOCKERFILE
-    for name in (*WORKERS, "beat"):
+    for name in (*WORKERS, "beat", "web"):
         assert str(SERVICES[name].get("user", uid[1])).split(":")[0] == uid[1]
 
 
@@ -170,6 +179,48 @@ def test_worker_and_beat_send_task_events_from_the_start_for_flower() -> None:
     for name in ("worker", "beat"):
         value = SERVICES[name]["environment"]["BATCHAPP_TASK_EVENTS"]
         assert load({"BATCHAPP_TASK_EVENTS": value}).task_events, name
+
+
+def test_web_runs_batchapp_web_from_the_shared_image_with_the_workers_settings() -> None:
+    web, worker = SERVICES["web"], SERVICES["worker"]
+    command = web["command"]
+
+    assert command[:2] == ["batchapp", "web"]
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert (web["build"], web["image"]) == (worker["build"], worker["image"])
+    assert worker["environment"].items() <= web["environment"].items()
+    assert re.search(r'pip install "\.\[[^]]*\bweb\b[^]]*\]"', DOCKERFILE)
+
+
+def test_web_login_comes_from_env_and_compose_refuses_to_start_without_it() -> None:
+    environment = SERVICES["web"]["environment"]
+
+    for name in ("BATCHAPP_WEB_USERS", "BATCHAPP_WEB_SECRET"):
+        assert environment[name].startswith(f"${{{name}:?"), name
+
+
+def test_env_example_web_users_hold_a_hash_to_paste_never_a_password() -> None:
+    text = ENV_EXAMPLE.read_text()
+    users = dotenv_values(ENV_EXAMPLE)["BATCHAPP_WEB_USERS"] or ""
+
+    assert users == "admin:<hash printed by batchapp web-password>"
+    # Single-quoted, so the '$' of a real hash is not read as a variable by compose.
+    assert re.search(r"^BATCHAPP_WEB_USERS='[^']*'$", text, re.MULTILINE)
+
+
+def test_web_healthcheck_asks_the_server_with_python_on_the_port_it_serves() -> None:
+    web = SERVICES["web"]
+    port = web["command"][web["command"].index("--port") + 1]
+    test = web["healthcheck"]["test"]
+    [published] = web["ports"]
+
+    assert test[:3] == ["CMD", "python", "-c"]
+    assert f"urllib.request.urlopen('http://127.0.0.1:{port}/healthz'" in test[3]
+    assert "timeout=" in test[3]
+    assert str(published).rsplit(":", 1)[1] == port
+    assert duration_s(web["healthcheck"]["timeout"]) > 5
+    assert web["healthcheck"]["retries"] >= 1
+    compile(test[3], "healthcheck", "exec")
 
 
 CLUSTER_NODES = ["rabbitmq-1", "rabbitmq-2", "rabbitmq-3"]
