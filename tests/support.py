@@ -176,6 +176,10 @@ def postgres_admin(
         engine.dispose()
 
 
+# A suite vhost holds 32 quorum queues (three task queues, batchapp.dead and Celery's 28 delay
+# queues), about 115 Erlang processes on the broker: a process may hold this many at once
+# (benchmarks/peers.py needs 4), so a leak in a loop fails here, not on the shared broker.
+MAX_VHOSTS_PER_PROCESS = 4
 # Vhosts this process holds now, and the most it held at once (printed at the end of a run).
 live_vhosts: set[str] = set()
 peak_vhosts = [0]
@@ -188,6 +192,11 @@ def rabbitmq_vhost(prefix: str = "batchapp-test") -> Iterator[str]:
     Its name carries this process's pid, so :func:`sweep_stale_vhosts` can tell a vhost a
     killed run left behind from one a live run still uses.
     """
+    if len(live_vhosts) >= MAX_VHOSTS_PER_PROCESS:
+        raise RuntimeError(
+            f"rabbitmq_vhost({prefix!r}): this process already holds {len(live_vhosts)} vhosts "
+            f"(at most {MAX_VHOSTS_PER_PROCESS}): {' '.join(sorted(live_vhosts))}"
+        )
     name = f"{prefix}-p{os.getpid()}-{uuid.uuid4().hex[:8]}"
     rabbitmqctl("add_vhost", name)
     live_vhosts.add(name)

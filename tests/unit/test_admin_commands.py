@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import support
 from tests.support import AdminCommandError, admin_command, stale_vhosts
 
 
@@ -78,3 +79,16 @@ def test_only_suite_vhosts_of_dead_processes_are_stale() -> None:
         "/",
     ]
     assert stale_vhosts(names) == names[:3]
+
+
+def test_a_process_holding_too_many_vhosts_is_refused_before_the_broker_is_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    held = {f"batchapp-test-p1-{n:08x}" for n in range(support.MAX_VHOSTS_PER_PROCESS)}
+    monkeypatch.setattr(support, "live_vhosts", held)
+    asked: list[tuple[str, ...]] = []
+    monkeypatch.setattr(support, "rabbitmqctl", lambda *args, **kw: asked.append(args))
+    refused = pytest.raises(RuntimeError, match=r"already holds 4 vhosts \(at most 4\)")
+    with refused, support.rabbitmq_vhost("batchapp-leak"):
+        pass
+    assert asked == []
