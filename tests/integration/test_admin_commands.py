@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster import ClusterError, RabbitCluster
 from tests.support import (
     AdminCommandError,
     postgres_admin,
@@ -81,3 +83,18 @@ def test_a_suite_vhost_holds_the_task_queues_and_on_quorum_celerys_28_delay_queu
     assert figures["quorum"]["queues_per_vhost"] == [32]
     listed = rabbitmqctl("list_vhosts", "name", "--no-table-headers").split()
     assert not [name for name in listed if name.startswith("batchapp-footprint-")]
+
+
+def test_a_cluster_nodes_rabbitmqctl_fails_with_one_line_naming_the_node() -> None:
+    # The cluster's files only: no node is started, the machine's node is never involved.
+    cluster = RabbitCluster.create(1)
+    node = cluster.nodes[0].name
+    try:
+        with pytest.raises(ClusterError) as failed:
+            cluster.ctl(cluster.nodes[0], "ping", "--timeout", "2", timeout=60)
+        with pytest.raises(ClusterError) as silent:
+            cluster.ctl(cluster.nodes[0], "ping", "--timeout", "30", timeout=0.5)
+    finally:
+        cluster.close()
+    assert re.fullmatch(rf"rabbitmqctl -n {node} ping --timeout 2: exit \d+: .+", str(failed.value))
+    assert str(silent.value) == f"rabbitmqctl -n {node} ping --timeout 30: no answer in 0.5 s"
