@@ -19,7 +19,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -231,12 +231,29 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale_vhosts() -> list[str]:
-    """Delete the vhosts killed runs left behind (see :func:`stale_vhosts`); their names."""
+def sweep_stale_vhosts(grace: float = 20.0) -> list[str]:
+    """Delete the vhosts killed runs left behind (see :func:`stale_vhosts`); their names.
+
+    The workers and beats such a run started may outlive it (each in a session of its own):
+    those whose environment names a stale vhost get SIGTERM, and SIGKILL after ``grace``
+    seconds, before the vhost goes, so none keeps reconnecting to it.
+    """
     stale = stale_vhosts(rabbitmqctl("list_vhosts", "name", "--no-table-headers").split())
+    if stale:
+        _stop_processes_on(stale, grace)
     for name in stale:
         rabbitmqctl("delete_vhost", name)
     return stale
+
+
+def _stop_processes_on(vhosts: list[str], grace: float) -> None:
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in processes_on(vhosts):
+            with suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + grace
+        while processes_on(vhosts) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
 
 def processes_on(vhosts: Iterable[str]) -> set[int]:

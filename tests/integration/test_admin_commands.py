@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import uuid
@@ -68,6 +69,25 @@ def test_the_sweep_deletes_a_dead_runs_vhost_and_keeps_a_live_ones() -> None:
         rabbitmqctl("delete_vhost", alive)
         if dead not in swept:
             rabbitmqctl("delete_vhost", dead)
+
+
+def test_the_sweep_stops_what_a_dead_run_left_running_on_its_vhost() -> None:
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    dead = f"batchapp-test-p{ended.pid}-{uuid.uuid4().hex[:8]}"
+    rabbitmqctl("add_vhost", dead)
+    # Stands in for a worker of the killed run: the vhost's URL in its environment.
+    env = {**os.environ, "BATCHAPP_BROKER_URL": f"amqp://guest:guest@127.0.0.1:5672/{dead}"}
+    orphan = subprocess.Popen(["sleep", "300"], env=env, start_new_session=True)
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        assert dead in sweep_stale_vhosts()
+        assert orphan.wait(timeout=30) == -signal.SIGTERM
+        assert bystander.poll() is None
+    finally:
+        for process in (orphan, bystander):
+            process.kill()
+            process.wait()
 
 
 def test_a_suite_vhost_holds_the_task_queues_and_on_quorum_celerys_28_delay_queues() -> None:
