@@ -22,6 +22,7 @@ from batchapp.cli import processes
 from tests.examples import WORDCOUNT, install_example
 from tests.support import (
     POSTGRES_ADMIN_URL,
+    AdminCommandError,
     BrokerUnreachable,
     peak_vhosts,
     postgres_admin,
@@ -42,13 +43,13 @@ _session = ExitStack()
 def pytest_configure(config: pytest.Config) -> None:
     try:
         require_broker("amqp://guest:guest@127.0.0.1:5672//")
-    except BrokerUnreachable as exc:
+        # Vhosts of killed runs hold their queues (and the broker's memory) until deleted.
+        swept = sweep_stale_vhosts()
+        if swept:
+            print(f"deleted {len(swept)} vhost(s) killed runs left: {' '.join(swept)}")
+        use_run_environment(_session.enter_context(rabbitmq_vhost()))
+    except (BrokerUnreachable, AdminCommandError) as exc:
         pytest.exit(str(exc), returncode=3)
-    # Vhosts of killed runs hold their queues (and the broker's memory) until deleted.
-    swept = sweep_stale_vhosts()
-    if swept:
-        print(f"deleted {len(swept)} vhost(s) killed runs left: {' '.join(swept)}")
-    use_run_environment(_session.enter_context(rabbitmq_vhost()))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -7,8 +7,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -17,12 +19,26 @@ import pytest
 from tests.cluster import ClusterError, RabbitCluster
 from tests.support import (
     AdminCommandError,
+    BrokerUnreachable,
     postgres_admin,
     rabbitmqctl,
+    require_broker,
     sweep_stale_vhosts,
 )
 
 FOOTPRINT = Path(__file__).resolve().parents[2] / "benchmarks" / "broker_footprint.py"
+
+
+def test_a_broker_that_accepts_tcp_but_never_answers_fails_the_check_in_its_timeout() -> None:
+    # The kernel completes the TCP handshake for a listening socket nobody accepts from.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"amqp://guest:guest@127.0.0.1:{silent.getsockname()[1]}//"
+        started = time.monotonic()
+        with pytest.raises(BrokerUnreachable, match=r"\(timed out\)"):
+            require_broker(url, timeout=1)
+    assert time.monotonic() - started < 10
 
 
 def test_a_postgres_statement_past_its_timeout_fails_with_one_line_naming_it() -> None:
