@@ -26,10 +26,11 @@ from typing import Any
 
 from harness import Bench, JSONDict, Target, progress, ratio, timing
 
+from tests.support import postgres_admin
+
 NAME = "chunk_lock"
 FULL = {"chunks": 10_000, "processes": 2}
 QUICK = {"chunks": 500, "processes": 2}
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 VARIANTS = ("job_row_per_commit", "chunk_row_guard")
 # At most this long per chunk commit, or the job row not taken per chunk at all.
 LOCK_MS_TARGET = 1.0
@@ -56,20 +57,12 @@ def measure(bench: Bench, size: JSONDict) -> JSONDict:
 @contextmanager
 def postgres_database() -> Iterator[str]:
     """A fresh database on the local PostgreSQL, dropped afterwards."""
-    from sqlalchemy import create_engine, text
-
-    from batchapp.storage.engines import driver_url
-
     name = f"batchapp_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(driver_url(POSTGRES_ADMIN_URL), isolation_level="AUTOCOMMIT")
+    postgres_admin(f'CREATE DATABASE "{name}"')
     try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
         yield f"postgresql://postgres@127.0.0.1:5432/{name}"
     finally:
-        with admin.connect() as connection:
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def client(params: JSONDict) -> JSONDict:

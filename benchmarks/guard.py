@@ -15,11 +15,10 @@ import contextlib
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
-from tests.support import processes_on
+from tests.support import AdminCommandError, processes_on, rabbitmqctl
 
 GRACE_S = 20.0
 
@@ -42,8 +41,10 @@ def main() -> int:
             folders.append(value)
     stop(groups, vhosts)
     for vhost in vhosts:
-        command = ["rabbitmqctl", "-q", "delete_vhost", vhost]
-        subprocess.run(command, capture_output=True, timeout=60, check=False)
+        try:
+            rabbitmqctl("delete_vhost", vhost)
+        except AdminCommandError as exc:
+            print(f"guard: {exc}", file=sys.stderr)
     for folder in folders:
         shutil.rmtree(folder, ignore_errors=True)
     return 0

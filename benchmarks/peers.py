@@ -42,7 +42,14 @@ from harness import registering, stop_on_signals
 
 from batchapp.cli import processes
 from batchapp.sums import sum_to
-from tests.support import BrokerUnreachable, rabbitmq_vhost, require_broker
+from tests.support import (
+    AdminCommandError,
+    BrokerUnreachable,
+    admin_command,
+    rabbitmq_vhost,
+    require_broker,
+    sweep_stale_vhosts,
+)
 
 HERE = Path(__file__).resolve().parent
 JSONDict = dict[str, Any]
@@ -580,9 +587,8 @@ def versions() -> JSONDict:
         ("redis-server", ["redis-server", "--version"]),
         ("rabbitmq", ["rabbitmqctl", "-q", "version"]),
     ):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            done = subprocess.run(command, capture_output=True, text=True, timeout=60)
-            found[name] = done.stdout.strip().split("\n")[0]
+        with contextlib.suppress(AdminCommandError):
+            found[name] = admin_command(command).strip().split("\n")[0]
     return found
 
 
@@ -718,6 +724,8 @@ def rounded(value: Any) -> Any:
 
 def run_all(sizes: Sizes, quick: bool, only: Sequence[str]) -> JSONDict:
     systems = [system for system in SYSTEMS if not only or system.name in only]
+    if swept := sweep_stale_vhosts():
+        progress(f"deleted vhosts killed runs left: {' '.join(swept)}")
     with contextlib.ExitStack() as stack:
         root = Path(tempfile.mkdtemp(prefix="batchapp-peers-"))
         stack.callback(shutil.rmtree, root, ignore_errors=True)

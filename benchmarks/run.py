@@ -40,7 +40,7 @@ import bm_tasks_per_s
 import bm_ticks_during_import
 from harness import Bench, Guard, JSONDict, Target, progress, registering, stop_on_signals
 
-from tests.support import rabbitmq_vhost
+from tests.support import rabbitmq_vhost, sweep_stale_vhosts
 
 MEASURES: tuple[ModuleType, ...] = (
     bm_rtt,
@@ -67,6 +67,8 @@ def run(measures: Sequence[ModuleType], quick: bool, keep: bool = False) -> JSON
         with contextlib.ExitStack() as stack:
             # Workers start in the current folder, where settings would read a stray .env file.
             stack.enter_context(contextlib.chdir(root))
+            if swept := sweep_stale_vhosts():
+                progress(f"deleted vhosts killed runs left: {' '.join(swept)}")
             with registering():
                 broker_url = stack.enter_context(rabbitmq_vhost(prefix="batchapp-bench"))
                 vhost = broker_url.rsplit("/", 1)[1]

@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support import AdminCommandError, admin_command
+
 SBIN = Path("/usr/lib/rabbitmq/bin")
 USER = "rabbitmq"
 START_TIMEOUT = 90.0
@@ -149,22 +151,19 @@ class RabbitCluster:
         return env
 
     def ctl(self, node: Node, *args: str, timeout: float = 60.0) -> str:
-        """``rabbitmqctl -n NODE ARGS``; raises :class:`ClusterError` with its output."""
-        done = subprocess.run(
-            [_executable("rabbitmqctl"), "-q", "-n", node.name, *args],
-            env=self._env(),
-            cwd=self.root,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            **self._run_as,  # type: ignore[call-overload]
-        )
-        if done.returncode != 0:
-            raise ClusterError(
-                f"rabbitmqctl -n {node.name} {' '.join(args)} failed ({done.returncode}): "
-                f"{(done.stderr or done.stdout).strip()}"
+        """``rabbitmqctl -n NODE ARGS``; raises :class:`ClusterError` with one line naming it
+        (also when it does not answer in ``timeout`` seconds)."""
+        try:
+            return admin_command(
+                ["rabbitmqctl", "-q", "-n", node.name, *args],
+                timeout=timeout,
+                executable=_executable("rabbitmqctl"),
+                env=self._env(),
+                cwd=self.root,
+                **self._run_as,
             )
-        return str(done.stdout)
+        except AdminCommandError as exc:
+            raise ClusterError(str(exc)) from None
 
     def start_node(self, node: Node) -> None:
         """Start the node's OS process (a stopped member rejoins its cluster on its own)."""
@@ -190,7 +189,7 @@ class RabbitCluster:
             try:
                 self.ctl(node, "ping", "--timeout", "5", timeout=15)
                 break
-            except (ClusterError, subprocess.TimeoutExpired):
+            except ClusterError:
                 if time.monotonic() > deadline:
                     raise ClusterError(
                         f"{node.name} did not answer ping within {timeout:g} s:\n{node.log_tail()}"
@@ -236,7 +235,7 @@ class RabbitCluster:
 
     def add_vhost(self) -> str:
         """A fresh vhost on the cluster, with guest allowed everything; returns its name."""
-        name = f"batchapp-test-{uuid.uuid4().hex[:8]}"
+        name = f"batchapp-test-p{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.ctl(self.nodes[0], "add_vhost", name)
         self.ctl(self.nodes[0], "set_permissions", "-p", name, "guest", ".*", ".*", ".*")
         return name

@@ -21,17 +21,21 @@ from kombu.entity import Exchange, Queue
 from batchapp.cli import processes
 from tests.examples import WORDCOUNT, install_example
 from tests.support import (
+    POSTGRES_ADMIN_URL,
+    AdminCommandError,
     BrokerUnreachable,
+    peak_vhosts,
+    postgres_admin,
     rabbitmq_vhost,
     require_broker,
     run_data_dir,
+    sweep_stale_vhosts,
     use_run_environment,
 )
 
 # The same folder as the unit tier's when both run in one session (``pytest``).
 RUN_DATA_DIR = run_data_dir()
 RESULT_TIMEOUT = 30.0
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 _session = ExitStack()
 
@@ -39,9 +43,17 @@ _session = ExitStack()
 def pytest_configure(config: pytest.Config) -> None:
     try:
         require_broker("amqp://guest:guest@127.0.0.1:5672//")
-    except BrokerUnreachable as exc:
+        # Vhosts of killed runs hold their queues (and the broker's memory) until deleted.
+        swept = sweep_stale_vhosts()
+        if swept:
+            print(f"deleted {len(swept)} vhost(s) killed runs left: {' '.join(swept)}")
+        use_run_environment(_session.enter_context(rabbitmq_vhost()))
+    except (BrokerUnreachable, AdminCommandError) as exc:
         pytest.exit(str(exc), returncode=3)
-    use_run_environment(_session.enter_context(rabbitmq_vhost()))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    terminalreporter.write_line(f"RabbitMQ vhosts this run held at most at once: {peak_vhosts[0]}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -176,11 +188,4 @@ def postgres_url() -> Iterator[str]:
 
 
 def _psql(statement: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    from batchapp.storage.engines import driver_url
-
-    engine = create_engine(driver_url(POSTGRES_ADMIN_URL), isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(text(statement))
-    engine.dispose()
+    postgres_admin(statement, POSTGRES_ADMIN_URL)

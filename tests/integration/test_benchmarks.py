@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import processes_on
+from tests.support import processes_on, rabbitmqctl
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
 
@@ -92,10 +92,7 @@ class Progress:
 
 
 def vhosts() -> str:
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True, timeout=60
-    )
-    return listed.stdout
+    return rabbitmqctl("list_vhosts", "name", "--no-table-headers")
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ import itertools
 import logging
 import re
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -34,6 +33,7 @@ from batchapp.jobs import JobContext
 from batchapp.jobs.sales_csv import write_sample
 from batchapp.storage.tables import chunks, sales, sales_rejects
 from batchapp.tasks import calculate_sum, publish_chunks, run_chunk
+from tests import support
 from tests.integration.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack
 from tests.support import rabbitmq_vhost, wait_until
 
@@ -374,7 +374,7 @@ def test_beat_killed_right_after_a_send_and_restarted_does_not_send_that_tick_ag
 
 
 def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=120)
+    support.rabbitmqctl(*args, timeout=120)
 
 
 def test_broker_drops_and_restarts_lose_nothing(stack: Stack) -> None:

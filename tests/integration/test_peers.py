@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import rabbitmqctl
 from tests.unit.test_peers import MEASURES, SYSTEMS
 
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -146,7 +147,5 @@ def test_a_stop_signal_stops_every_process_and_removes_vhosts_and_files(signum: 
     assert runner.returncode == 128 + signum
     assert processes_under(folder) == []
     assert not Path(folder).exists()
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_vhosts"], capture_output=True, text=True, timeout=60
-    ).stdout.split()
+    listed = rabbitmqctl("list_vhosts", "name", "--no-table-headers").split()
     assert not set(vhosts.split()) & set(listed)

@@ -38,7 +38,7 @@ from batchapp.jobs.sales_csv import write_sample
 from batchapp.settings import load
 from batchapp.tasks import calculate_sum, publish_chunks
 from tests.integration.conftest import RESULT_TIMEOUT, RUN_DATA_DIR, Stack, _psql
-from tests.support import rabbitmq_vhost, run_cli
+from tests.support import rabbitmq_vhost, rabbitmqctl, run_cli
 
 BIG_IMPORT_ROWS = 200_000
 CHUNK_ROWS = 10_000
@@ -197,20 +197,14 @@ COLUMNS = ("name", "type", "arguments", "messages", "--formatter", "json")
 
 def broker_queues(broker_url: str) -> dict[str, dict[str, Any]]:
     """The queues RabbitMQ has in ``broker_url``'s vhost: name -> type, x-arguments, messages."""
-    listed = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "-p", urlsplit(broker_url).path[1:], *COLUMNS],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
+    listed = rabbitmqctl("list_queues", "-p", urlsplit(broker_url).path[1:], *COLUMNS)
     return {
         queue["name"]: {
             "type": queue["type"],
             "arguments": {key: value for key, _, value in queue["arguments"]},
             "messages": queue["messages"],
         }
-        for queue in json.loads(listed.stdout)
+        for queue in json.loads(listed)
     }
 
 
