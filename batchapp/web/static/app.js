@@ -50,6 +50,11 @@ function show(job) {
     bar.max = Math.max(job.chunks.total, 1);
     bar.value = job.chunks.done + job.chunks.failed;
   }
+  const runs = job.executions || [];
+  if (runs.length) {
+    text("run-done", runs[runs.length - 1].chunks.done);
+    text("run-failed", runs[runs.length - 1].chunks.failed);
+  }
   const { rate, eta } = rateAndEta(job, Date.now());
   text("rate", rate);
   text("eta", eta || "-");
