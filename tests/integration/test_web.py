@@ -227,6 +227,19 @@ def test_the_api_gives_the_cli_json_of_a_real_job_and_the_worker(
     assert {q["name"] for q in workers["queues"]} >= {"batchapp.chunks"}
 
 
+def test_the_workers_and_dead_letters_pages_show_what_the_broker_tells(
+    web: WebServer, browser: webdriver.Chrome
+) -> None:
+    browser.get(f"{web.url}/workers")
+    workers = text_of(browser, "workers")
+    queues = text_of(browser, "queues")
+    browser.get(f"{web.url}/dead-letters")
+
+    assert "w1@" in workers and "batchapp.chunks" in workers
+    assert "batchapp.chunks" in queues
+    assert "dead letter(s) in batchapp.dead" in text_of(browser, "count")
+
+
 def test_screenshots_of_the_job_list_and_a_job_page(
     env: dict[str, str], web: WebServer, browser: webdriver.Chrome
 ) -> None:

@@ -274,3 +274,26 @@ def test_a_bind_beyond_loopback_without_users_is_refused_in_one_line(
         "Error: refusing to serve on 0.0.0.0 without users: set BATCHAPP_WEB_USERS "
         "(see `batchapp web-password`) or bind 127.0.0.1"
     ]
+
+
+def test_a_stored_entry_is_paused_and_resumed_through_confirmed_posts(
+    ctx: JobContext, client: TestClient
+) -> None:
+    from batchapp import service
+
+    service.schedule_add("nightly", "parallel_sum", {"n": "5"}, every_s="3600")
+
+    page = client.get("/schedule").text
+    asked = client.get("/schedule/nightly/pause")
+    paused = client.post(
+        "/schedule/nightly/pause",
+        data={"csrf_token": token(client, "/schedule/nightly/pause")},
+        headers={"Origin": SITE},
+    )
+
+    assert "No beat holds the lease" in page and "/schedule/nightly/pause" in page
+    assert asked.status_code == 200 and "Yes, pause" in asked.text
+    assert paused.status_code == 303
+    assert "paused" in client.get("/schedule").text
+    assert next(e for e in service.schedule()[0] if e.name == "nightly").paused
+    assert client.get("/schedule/calculate-sum/pause").status_code == 404  # an entry in code
