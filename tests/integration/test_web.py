@@ -167,6 +167,8 @@ def test_a_job_submitted_in_the_form_shows_its_progress_moving(
     click(browser, "confirm")
     wait_until(lambda: "/jobs/" in browser.current_url, "the job's page", TIMEOUT)
     browser.execute_script("window.notReloaded = true")
+    job_id = browser.current_url.split("/jobs/")[1].split("?")[0]
+    assert web.get(f"/api/jobs/{job_id}")["params"] == {"n": 30, "ms": 400, "fail": 0, "note": "-"}
 
     first = wait_until(lambda: chunks_done(browser) or None, "a first chunk on screen", TIMEOUT)
     wait_until(lambda: chunks_done(browser) > first, "more chunks on screen", TIMEOUT)
