@@ -13,6 +13,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from celery.schedules import maybe_schedule
+from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
 from batchapp import ledger
@@ -27,6 +28,7 @@ from batchapp.broker.dead_letters import REASONS as DEAD_LETTER_REASONS
 from batchapp.broker.depths import QueueDepth
 from batchapp.celery import app, settings
 from batchapp.jobs import JOBS, JobContext, ParamError
+from batchapp.jobs.params import parse_assignments
 from batchapp.jobs.sales_csv import (
     SampleStats,
     SampleTargetError,
@@ -68,26 +70,41 @@ __all__ = [
     "WORK_QUEUES",
     "DeadLetter",
     "ExecutionView",
+    "JobContext",
+    "JobReport",
+    "JobStateError",
     "JobType",
     "JobView",
     "LedgerFigures",
+    "ParamError",
     "QueueDepth",
     "SampleStats",
     "ScheduleEntry",
+    "ScheduleNameError",
+    "UnknownJobError",
+    "WorkerHealth",
     "beat_leader",
     "broker_shown",
     "call_calculate_sum",
     "cancel_job",
+    "check_submit",
+    "chunk_errors",
     "chunks_in_flight",
     "database_shown",
     "dead_letters_peek",
     "dead_letters_purge",
     "failed_chunks",
     "get_job",
+    "job_chunks",
     "job_context",
     "job_executions",
+    "job_rejects",
+    "job_report",
+    "job_statuses",
     "job_types",
     "ledger_figures",
+    "ledger_ping",
+    "parse_assignments",
     "queue_depths",
     "recent_jobs",
     "retry_job",
@@ -101,6 +118,7 @@ __all__ = [
     "submit_job",
     "timezone",
     "wait_for_job",
+    "workers",
     "write_sample_csv",
 ]
 
@@ -144,6 +162,11 @@ def job_types() -> list[JobType]:
     ]
 
 
+def check_submit(job: str, params: dict[str, str]) -> None:
+    """:class:`ParamError` unless ``job`` exists and takes ``params`` (as submit checks them)."""
+    JOBS.get_job(job).parse_params(params, job_context())
+
+
 def get_job(job_id: str) -> JobView:
     return ledger.get(job_context(), job_id)
 
@@ -158,8 +181,86 @@ def failed_chunks(job_id: str) -> list[Any]:
     return [c for c in ledger.chunk_rows(job_context(), job_id) if c.status == ledger.FAILED]
 
 
-def recent_jobs(limit: int) -> list[JobView]:
-    return list(ledger.recent(job_context(), limit))
+def recent_jobs(
+    limit: int, *, offset: int = 0, status: str | None = None, name: str | None = None
+) -> list[JobView]:
+    """The newest jobs first, optionally only those with ``status`` and job ``name``."""
+    return list(ledger.recent(job_context(), limit, offset=offset, status=status, name=name))
+
+
+@dataclass(frozen=True)
+class JobReport:
+    """One job with its runs and failed chunks: what ``batchapp status`` shows."""
+
+    job: JobView
+    executions: list[ExecutionView]
+    failed: list[Any]
+
+    def as_json(self, tz: ZoneInfo) -> dict[str, Any]:
+        """``batchapp status --json`` and the web API's job object."""
+        runs = [run.as_json(tz) for run in self.executions]
+        return self.job.as_json(tz) | {"executions": runs} | ledger.failed_chunks_json(self.failed)
+
+
+def job_report(job_id: str) -> JobReport:
+    return JobReport(get_job(job_id), job_executions(job_id), failed_chunks(job_id))
+
+
+def job_chunks(job_id: str) -> list[Any]:
+    """The job's chunks in order (index, status, attempts, redelivered, deliveries, items,
+    error), without their outputs."""
+    get_job(job_id)
+    return ledger.chunk_rows(job_context(), job_id)
+
+
+def chunk_errors(job_id: str) -> list[tuple[str, int]]:
+    """The job's failed chunks grouped by error: (error, chunks), most first."""
+    return ledger.chunk_errors(job_context(), job_id)
+
+
+def job_rejects(job_id: str, limit: int, offset: int = 0) -> list[Any]:
+    """A CSV import's rejected lines (line, reason, raw, first_line), by line."""
+    return ledger.rejects(job_context(), job_id, limit, offset)
+
+
+def job_statuses() -> tuple[str, ...]:
+    """The states a job can be in, for filters."""
+    return (ledger.RUNNING, SUCCEEDED, FAILED, ledger.CANCELLED, ledger.SKIPPED)
+
+
+@dataclass(frozen=True)
+class WorkerHealth:
+    """A worker as ``celery inspect`` sees it: the queues it serves, what it runs and holds."""
+
+    name: str
+    queues: list[str]
+    active: int
+    reserved: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "queues": self.queues,
+            "active": self.active,
+            "reserved": self.reserved,
+        }
+
+
+def workers(timeout: float = 1.0) -> list[WorkerHealth]:
+    """The workers that answer a ``ping`` within ``timeout`` seconds, by name."""
+    inspect = app.control.inspect(timeout=timeout)
+    queues = inspect.active_queues() or {}
+    active = inspect.active() or {}
+    reserved = inspect.reserved() or {}
+    return [
+        WorkerHealth(
+            name,
+            sorted(q.get("name", "") for q in queues.get(name) or []),
+            len(active.get(name) or []),
+            len(reserved.get(name) or []),
+        )
+        for name in sorted(set(queues) | set(active) | set(reserved))
+    ]
 
 
 def cancel_job(job_id: str) -> JobView:
@@ -366,6 +467,12 @@ def queue_depths(timeout: float) -> dict[str, QueueDepth]:
 def ledger_figures(ctx: JobContext | None = None) -> LedgerFigures:
     """Jobs, chunks and items per job name, and each name's last success; see ledger.metrics."""
     return ledger_metrics.figures(ctx or job_context())
+
+
+def ledger_ping() -> None:
+    """Raises the database's error unless the ledger answers a query."""
+    with job_context().engine.connect() as connection:
+        connection.execute(text("SELECT 1"))
 
 
 def beat_leader(ctx: JobContext | None = None) -> str | None:

@@ -14,7 +14,7 @@ import re
 import warnings
 import zoneinfo
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -77,6 +77,11 @@ class Settings:
     queue_type: str
     # Modules of job types to import at start (BATCHAPP_JOBS), besides entry points.
     jobs: tuple[str, ...] = ()
+    # `batchapp web`'s users as (name, password hash) pairs: none allows only a loopback bind.
+    # Kept out of repr so a logged Settings never shows a hash.
+    web_users: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # Signs the web UI's CSRF tokens; empty: a random one per process.
+    web_secret: str = field(default="", repr=False)
 
     @property
     def broker_is_filesystem(self) -> bool:
@@ -128,6 +133,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         broker_timeout=env.get("BROKER_TIMEOUT", _seconds(), 30.0),
         queue_type=env.get("QUEUE_TYPE", _queue_type, QUEUE_TYPE_DEFAULT),
         jobs=env.get("JOBS", _module_names, ()),
+        web_users=env.get("WEB_USERS", _web_users, ()),
+        web_secret=env.get("WEB_SECRET", _web_secret, ""),
     )
 
 
@@ -278,6 +285,33 @@ def _module_names(value: str) -> tuple[str, ...]:
     if repeated:
         raise ValueError(f"module {repeated[0]!r} is named twice")
     return tuple(names)
+
+
+# What `batchapp web-password` prints (batchapp/web/passwords.py): scrypt$N$r$p$salt$hash.
+_PASSWORD_HASH = re.compile(r"scrypt\$\d+\$\d+\$\d+\$[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+")
+_USER_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+MIN_WEB_SECRET_CHARS = 32
+
+
+def _web_users(value: str) -> tuple[tuple[str, str], ...]:
+    """``name:hash,name:hash``; the hashes never appear in an error."""
+    users: dict[str, str] = {}
+    for part in value.split(","):
+        name, sep, hashed = part.strip().partition(":")
+        if not sep or not _USER_NAME.fullmatch(name):
+            raise ValueError("expected name:hash,... (names of letters, digits, _ . @ -)")
+        if not _PASSWORD_HASH.fullmatch(hashed):
+            raise ValueError(f"the hash of user {name!r} is not one `batchapp web-password` prints")
+        if name in users:
+            raise ValueError(f"user {name!r} is named twice")
+        users[name] = hashed
+    return tuple(users.items())
+
+
+def _web_secret(value: str) -> str:
+    if len(value) < MIN_WEB_SECRET_CHARS:
+        raise ValueError(f"expected at least {MIN_WEB_SECRET_CHARS} characters (not shown)")
+    return value
 
 
 def _timezone(name: str) -> str:

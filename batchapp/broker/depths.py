@@ -17,8 +17,12 @@ __all__ = ["QueueDepth", "passive_declare", "queue_depths"]
 
 @dataclass(frozen=True)
 class QueueDepth:
+    name: str
     ready: int
     consumers: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ready": self.ready, "consumers": self.consumers}
 
 
 def passive_declare(channel: Any, queue: str) -> QueueDepth | None:
@@ -28,7 +32,7 @@ def passive_declare(channel: Any, queue: str) -> QueueDepth | None:
         _, ready, consumers = channel.queue_declare(queue=queue, passive=True)
     except ChannelError:
         return None
-    return QueueDepth(int(ready), int(consumers))
+    return QueueDepth(queue, int(ready), int(consumers))
 
 
 def queue_depths(app: Any, names: Iterable[str], timeout: float) -> dict[str, QueueDepth]:

@@ -29,7 +29,6 @@ from typing import Any, TypeVar
 import click
 
 from batchapp.cli import display
-from batchapp.validate import shown
 
 F = TypeVar("F", bound=Callable[..., Any])
 MAX_ERROR_CHARS = 1000
@@ -152,16 +151,12 @@ def json_option(function: F) -> F:
 
 
 def _parse_assignments(assignments: tuple[str, ...]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for item in assignments:
-        key, sep, value = item.partition("=")
-        key = key.strip()
-        if not sep or not key or not key.isidentifier():
-            raise click.ClickException(f"malformed parameter {shown(item)}: expected KEY=VALUE")
-        if key in params:
-            raise click.ClickException(f"parameter {shown(key)} given twice")
-        params[key] = value
-    return params
+    from batchapp import service
+
+    try:
+        return service.parse_assignments(assignments)
+    except service.ParamError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
@@ -213,17 +208,17 @@ def status(job_id: str, as_json: bool) -> None:
     with _errors_as_one_line():
         from batchapp import service
 
-        view = service.get_job(job_id)
-        runs = service.job_executions(job_id)
-        failed = service.failed_chunks(job_id)
+        report = service.job_report(job_id)
     tz = service.timezone()
-    executions = [display.execution_json(run, tz) for run in runs]
-    extra = {"executions": executions} | display.failed_chunks_json(failed)
-    display.print_job(view, tz, as_json=as_json, extra=extra)
-    if runs and not as_json:
-        display.print_executions(runs, tz)
-    if failed and not as_json:
-        display.print_failed_chunks(failed)
+    data = report.as_json(tz)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    display.print_job(report.job, tz)
+    if report.executions:
+        display.print_executions(report.executions, tz)
+    if report.failed:
+        display.print_failed_chunks(data)
 
 
 @main.command()
@@ -237,7 +232,7 @@ def jobs(limit: int, as_json: bool) -> None:
         views = service.recent_jobs(limit)
         tz = service.timezone()
     if as_json:
-        click.echo(json.dumps([display.job_json(v, tz) for v in views], indent=2))
+        click.echo(json.dumps([v.as_json(tz) for v in views], indent=2))
     else:
         display.print_jobs(views, tz)
 
@@ -421,6 +416,36 @@ def sample_csv(file: Path, rows: int, bad: float, seed: int, force: bool) -> Non
 
         target, stats = service.write_sample_csv(file, rows, bad, seed, force=force)
     click.echo(f"wrote {target}: {stats.rows:,} rows, {stats.bad:,} bad")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+def web(host: str, port: int) -> None:
+    """Serve the web UI: jobs, progress, retry, cancel, submit, schedule, dead letters,
+    workers, and a JSON API. Beyond 127.0.0.1 it needs BATCHAPP_WEB_USERS (docs/web.md)."""
+    try:
+        from batchapp.web.app import BindRefused, serve
+    except ImportError as exc:
+        raise _error_line(
+            f"batchapp web needs the web extra: pip install 'batchapp[web]' ({exc})"
+        ) from None
+    with _errors_as_one_line():
+        try:
+            serve(host, port)
+        except BindRefused as exc:
+            raise _error_line(str(exc)) from None
+
+
+@main.command("web-password")
+def web_password() -> None:
+    """Print a hash of a password typed at the prompt, for BATCHAPP_WEB_USERS=name:hash."""
+    from batchapp.web.passwords import MIN_PASSWORD_CHARS, hash_password
+
+    password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise _error_line(f"a password needs at least {MIN_PASSWORD_CHARS} characters")
+    click.echo(hash_password(password))
 
 
 @main.command()

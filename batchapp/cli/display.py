@@ -16,8 +16,6 @@ if TYPE_CHECKING:
     from batchapp.service import ExecutionView, JobView, ScheduleEntry
 
 HIDDEN_PARAMS = frozenset({"columns", "size", "mtime_ns"})
-# A job may have 10,000 failed chunks: `status` lists the first ones and counts the rest.
-FAILED_CHUNKS_LISTED = 20
 """Parameters the planner adds for itself: not worth a line in the summary."""
 
 
@@ -28,69 +26,20 @@ def local_time(value: datetime | None, tz: ZoneInfo) -> str:
     return value.replace(tzinfo=UTC).astimezone(tz).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _iso(value: datetime | None, tz: ZoneInfo) -> str | None:
-    return None if value is None else value.replace(tzinfo=UTC).astimezone(tz).isoformat()
-
-
-def job_json(view: JobView, tz: ZoneInfo) -> dict[str, Any]:
-    elapsed = (view.finished_at - view.created_at).total_seconds() if view.finished_at else None
-    return {
-        "id": view.id,
-        "job": view.name,
-        "key": view.key,
-        "params": view.params,
-        "status": view.status,
-        "result": view.result,
-        "error": view.error,
-        "chunks": {
-            "total": view.chunks_total,
-            "done": view.chunks_done,
-            "failed": view.chunks_failed,
-            "cancelled": view.chunks_cancelled,
-        },
-        "items": {"done": view.items_done, "failed": view.items_failed},
-        "created_at": _iso(view.created_at, tz),
-        "finished_at": _iso(view.finished_at, tz),
-        "elapsed_s": elapsed,
-    }
-
-
-def execution_json(run: ExecutionView, tz: ZoneInfo) -> dict[str, Any]:
-    return {
-        "number": run.number,
-        "started_by": run.started_by,
-        "outcome": run.outcome,
-        "chunks": {"done": run.chunks_done, "failed": run.chunks_failed},
-        "error": run.error,
-        "started_at": _iso(run.started_at, tz),
-        "finished_at": _iso(run.finished_at, tz),
-    }
-
-
-def failed_chunks_json(failed: Sequence[Any]) -> dict[str, Any]:
-    """The first :data:`FAILED_CHUNKS_LISTED` failed chunks, and how many more there are."""
-    return {
-        "failed_chunks": [
-            {"index": c.idx, "attempts": c.attempts, "error": c.error}
-            for c in failed[:FAILED_CHUNKS_LISTED]
-        ],
-        "failed_chunks_not_listed": max(len(failed) - FAILED_CHUNKS_LISTED, 0),
-    }
-
-
-def print_failed_chunks(failed: Sequence[Any]) -> None:
+def print_failed_chunks(report: dict[str, Any]) -> None:
+    """The failed chunks of a job's JSON report (``JobReport.as_json``): the first ones listed."""
     click.echo("failed chunks:")
-    for chunk in failed[:FAILED_CHUNKS_LISTED]:
-        click.echo(f"  #{chunk.idx} (attempts {chunk.attempts}): {chunk.error}")
-    if len(failed) > FAILED_CHUNKS_LISTED:
-        click.echo(f"  ... and {len(failed) - FAILED_CHUNKS_LISTED:,} more, not listed")
+    for chunk in report["failed_chunks"]:
+        click.echo(f"  #{chunk['index']} (attempts {chunk['attempts']}): {chunk['error']}")
+    if report["failed_chunks_not_listed"]:
+        click.echo(f"  ... and {report['failed_chunks_not_listed']:,} more, not listed")
 
 
 def print_job(
     view: JobView, tz: ZoneInfo, *, as_json: bool = False, extra: dict[str, Any] | None = None
 ) -> None:
     """The job; ``extra`` adds keys to its JSON (the text leaves them to the caller)."""
-    data = job_json(view, tz)
+    data = view.as_json(tz)
     if as_json:
         click.echo(json.dumps(data | (extra or {}), indent=2))
         return

@@ -8,7 +8,7 @@ accepts both and returns a JSON-ready value.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,20 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 # The largest int a declared Int accepts unless told otherwise (JSON and the ledger keep it).
 INT_LIMIT = 10**18
+
+
+def parse_assignments(items: Iterable[str]) -> dict[str, str]:
+    """``["n=5", "size=10"]`` (the CLI's and the web form's KEY=VALUE) as a dict of text."""
+    params: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not key.isidentifier():
+            raise ParamError(f"malformed parameter {shown(item)}: expected KEY=VALUE")
+        if key in params:
+            raise ParamError(f"parameter {shown(key)} given twice")
+        params[key] = value
+    return params
 
 
 class _Missing:

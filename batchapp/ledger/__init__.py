@@ -39,7 +39,18 @@ from batchapp.ledger.states import (
     JobStateError,
     UnknownJobError,
 )
-from batchapp.ledger.views import ExecutionView, JobView, chunk_rows, executions, get, recent, wait
+from batchapp.ledger.views import (
+    ExecutionView,
+    JobView,
+    chunk_errors,
+    chunk_rows,
+    executions,
+    failed_chunks_json,
+    get,
+    recent,
+    rejects,
+    wait,
+)
 
 __all__ = [
     "CANCELLED",
@@ -58,13 +69,16 @@ __all__ = [
     "UnknownJobError",
     "cancel",
     "check_key",
+    "chunk_errors",
     "chunk_rows",
     "executions",
+    "failed_chunks_json",
     "get",
     "lock_ttl",
     "recent",
     "reconcile",
     "record_chunk_failure",
+    "rejects",
     "retry",
     "run_chunk",
     "submit",

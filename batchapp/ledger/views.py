@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import Connection, Row, select
+from sqlalchemy import Connection, Row, func, select, union_all
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from batchapp.jobs import JobContext
@@ -16,13 +17,14 @@ from batchapp.jobs.base import JSON
 from batchapp.ledger import counts
 from batchapp.ledger.states import (
     CANCELLED,
+    FAILED,
     FINISHED,
     RUNNING,
     JobStalledError,
     UnknownJobError,
 )
 from batchapp.storage.engines import read_transaction, watch_changes
-from batchapp.storage.tables import chunks, ensure_schema, jobs
+from batchapp.storage.tables import chunks, ensure_schema, import_rejects, jobs, sales_rejects
 from batchapp.storage.tables import executions as executions_table
 
 FIRST_POLL_S = 0.0005
@@ -33,6 +35,13 @@ STALL_AFTER_S = 10.0
 """A job without progress this long is checked for chunks in flight (twice, to be sure)."""
 READ_RETRY_S = 10.0
 """How long a wait keeps reading again after its read lost the database connection."""
+# A job may have 10,000 failed chunks: `status` lists the first ones and counts the rest.
+FAILED_CHUNKS_LISTED = 20
+
+
+def iso_time(value: datetime | None, tz: ZoneInfo) -> str | None:
+    """A stored (naive UTC) time in ``tz``, ISO 8601, for JSON."""
+    return None if value is None else value.replace(tzinfo=UTC).astimezone(tz).isoformat()
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,30 @@ class JobView:
             return 0
         return self.chunks_total - self.chunks_done - self.chunks_failed
 
+    def as_json(self, tz: ZoneInfo) -> dict[str, Any]:
+        """The job as ``batchapp jobs --json`` and the web API show it."""
+        finished_at = self.finished_at
+        elapsed = (finished_at - self.created_at).total_seconds() if finished_at else None
+        return {
+            "id": self.id,
+            "job": self.name,
+            "key": self.key,
+            "params": self.params,
+            "status": self.status,
+            "result": self.result,
+            "error": self.error,
+            "chunks": {
+                "total": self.chunks_total,
+                "done": self.chunks_done,
+                "failed": self.chunks_failed,
+                "cancelled": self.chunks_cancelled,
+            },
+            "items": {"done": self.items_done, "failed": self.items_failed},
+            "created_at": iso_time(self.created_at, tz),
+            "finished_at": iso_time(finished_at, tz),
+            "elapsed_s": elapsed,
+        }
+
     @classmethod
     def from_row(cls, connection: Connection, row: Row[Any]) -> JobView:
         """The job's row; a running job's counts are derived from its chunks as they are now."""
@@ -94,6 +127,28 @@ class ExecutionView:
     chunks_done: int
     chunks_failed: int
     error: str | None
+
+    def as_json(self, tz: ZoneInfo) -> dict[str, Any]:
+        return {
+            "number": self.number,
+            "started_by": self.started_by,
+            "outcome": self.outcome,
+            "chunks": {"done": self.chunks_done, "failed": self.chunks_failed},
+            "error": self.error,
+            "started_at": iso_time(self.started_at, tz),
+            "finished_at": iso_time(self.finished_at, tz),
+        }
+
+
+def failed_chunks_json(failed: list[Any]) -> dict[str, Any]:
+    """The first :data:`FAILED_CHUNKS_LISTED` failed chunks, and how many more there are."""
+    return {
+        "failed_chunks": [
+            {"index": c.idx, "attempts": c.attempts, "error": c.error}
+            for c in failed[:FAILED_CHUNKS_LISTED]
+        ],
+        "failed_chunks_not_listed": max(len(failed) - FAILED_CHUNKS_LISTED, 0),
+    }
 
 
 def executions(ctx: JobContext, job_id: str) -> list[ExecutionView]:
@@ -146,14 +201,56 @@ def get(ctx: JobContext, job_id: str) -> JobView:
         return view(connection, job_id)
 
 
-def recent(ctx: JobContext, limit: int = 20) -> list[JobView]:
-    """The newest jobs first."""
+def recent(
+    ctx: JobContext,
+    limit: int = 20,
+    *,
+    offset: int = 0,
+    status: str | None = None,
+    name: str | None = None,
+) -> list[JobView]:
+    """The newest jobs first, from ``offset`` on; only those with ``status`` and job ``name``
+    when given."""
+    ensure_schema(ctx.engine)
+    query = select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id)
+    if status is not None:
+        query = query.where(jobs.c.status == status)
+    if name is not None:
+        query = query.where(jobs.c.name == name)
+    with read_transaction(ctx.engine) as connection:
+        rows = connection.execute(query.limit(limit).offset(offset))
+        return [JobView.from_row(connection, row) for row in rows]
+
+
+def chunk_errors(ctx: JobContext, job_id: str) -> list[tuple[str, int]]:
+    """The job's failed chunks grouped by error text: (error, chunks), most chunks first."""
     ensure_schema(ctx.engine)
     with read_transaction(ctx.engine) as connection:
+        view(connection, job_id)
+        count = func.count().label("chunks")
         rows = connection.execute(
-            select(jobs).order_by(jobs.c.created_at.desc(), jobs.c.id).limit(limit)
+            select(chunks.c.error, count)
+            .where(chunks.c.job_id == job_id, chunks.c.status == FAILED)
+            .group_by(chunks.c.error)
+            .order_by(count.desc(), chunks.c.error)
         )
-        return [JobView.from_row(connection, row) for row in rows]
+        return [(row.error or "", row.chunks) for row in rows]
+
+
+def rejects(ctx: JobContext, job_id: str, limit: int, offset: int = 0) -> list[Row[Any]]:
+    """A CSV import's rejected lines (line, reason, raw, first_line), by line; none for a job
+    that imports nothing."""
+    ensure_schema(ctx.engine)
+    both = union_all(
+        *(
+            select(t.c.line, t.c.reason, t.c.raw, t.c.first_line).where(t.c.job_id == job_id)
+            for t in (sales_rejects, import_rejects)
+        )
+    ).subquery()
+    with read_transaction(ctx.engine) as connection:
+        return list(
+            connection.execute(select(both).order_by(both.c.line).limit(limit).offset(offset))
+        )
 
 
 def chunk_rows(ctx: JobContext, job_id: str) -> list[Row[Any]]:

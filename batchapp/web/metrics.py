@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -20,9 +19,6 @@ from prometheus_client.registry import Collector
 from sqlalchemy.exc import SQLAlchemyError
 
 from batchapp import service
-
-if TYPE_CHECKING:
-    from batchapp.jobs import JobContext
 
 __all__ = ["SCRAPE_BROKER_TIMEOUT_S", "render_metrics"]
 
@@ -36,7 +32,7 @@ ReadBroker = Callable[[float], dict[str, service.QueueDepth]]
 
 
 def render_metrics(
-    ctx: JobContext,
+    ctx: service.JobContext,
     *,
     read_broker: ReadBroker = service.queue_depths,
     now: datetime | None = None,
@@ -50,7 +46,9 @@ def render_metrics(
 class _Scrape(Collector):
     """Reads the ledger and the broker when collected: once per scrape."""
 
-    def __init__(self, ctx: JobContext, read_broker: ReadBroker, now: datetime | None) -> None:
+    def __init__(
+        self, ctx: service.JobContext, read_broker: ReadBroker, now: datetime | None
+    ) -> None:
         self.ctx = ctx
         self.read_broker = read_broker
         self.now = now

@@ -27,8 +27,8 @@ REQUIRED_SECRETS = (
     "RABBITMQ_USER",
     "RABBITMQ_PASSWORD",
     "FLOWER_BASIC_AUTH",
-    "BATCHAPP_WEB_USERS",
-    "BATCHAPP_WEB_SECRET",
+    "WEB_USERS",
+    "WEB_SECRET",
 )
 WORKERS = ("worker", "chunk-worker")
 
@@ -195,17 +195,26 @@ def test_web_runs_batchapp_web_from_the_shared_image_with_the_workers_settings()
 def test_web_login_comes_from_env_and_compose_refuses_to_start_without_it() -> None:
     environment = SERVICES["web"]["environment"]
 
-    for name in ("BATCHAPP_WEB_USERS", "BATCHAPP_WEB_SECRET"):
-        assert environment[name].startswith(f"${{{name}:?"), name
+    for name in ("WEB_USERS", "WEB_SECRET"):
+        assert environment[f"BATCHAPP_{name}"].startswith(f"${{{name}:?"), name
+
+
+def test_env_example_gives_no_batchapp_web_login_that_every_command_would_load() -> None:
+    # python-dotenv loads .env into every batchapp command: a placeholder hash there would stop
+    # them all; compose's own names carry the login to the web service alone.
+    values = dotenv_values(ENV_EXAMPLE)
+
+    assert "BATCHAPP_WEB_USERS" not in values
+    assert "BATCHAPP_WEB_SECRET" not in values
 
 
 def test_env_example_web_users_hold_a_hash_to_paste_never_a_password() -> None:
     text = ENV_EXAMPLE.read_text()
-    users = dotenv_values(ENV_EXAMPLE)["BATCHAPP_WEB_USERS"] or ""
+    users = dotenv_values(ENV_EXAMPLE)["WEB_USERS"] or ""
 
     assert users == "admin:<hash printed by batchapp web-password>"
     # Single-quoted, so the '$' of a real hash is not read as a variable by compose.
-    assert re.search(r"^BATCHAPP_WEB_USERS='[^']*'$", text, re.MULTILINE)
+    assert re.search(r"^WEB_USERS='[^']*'$", text, re.MULTILINE)
 
 
 def test_web_healthcheck_asks_the_server_with_python_on_the_port_it_serves() -> None:

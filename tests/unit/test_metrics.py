@@ -41,10 +41,10 @@ FAMILIES = {
     "batchapp_dead_letters",
 }
 DEPTHS = {
-    CALLS: QueueDepth(2, 1),
-    PERIODIC: QueueDepth(0, 1),
-    CHUNKS: QueueDepth(57, 3),
-    DEAD: QueueDepth(4, 0),
+    CALLS: QueueDepth(CALLS, 2, 1),
+    PERIODIC: QueueDepth(PERIODIC, 0, 1),
+    CHUNKS: QueueDepth(CHUNKS, 57, 3),
+    DEAD: QueueDepth(DEAD, 4, 0),
 }
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -290,7 +290,7 @@ def test_a_scrape_runs_the_same_few_statements_whatever_the_number_of_jobs(
 
 
 def test_a_queue_the_broker_has_not_declared_has_no_sample(ctx: JobContext) -> None:
-    _, found = scrape(ctx, read_broker=lambda timeout: {CALLS: QueueDepth(5, 1)})
+    _, found = scrape(ctx, read_broker=lambda timeout: {CALLS: QueueDepth(CALLS, 5, 1)})
 
     assert by_label(found, "batchapp_queue_messages_ready", "queue") == {CALLS: 5}
     assert found[("batchapp_dead_letters", ())] == 0
