@@ -128,9 +128,6 @@ def test_a_cluster_nodes_rabbitmqctl_fails_with_one_line_naming_the_node() -> No
     try:
         with pytest.raises(ClusterError) as failed:
             cluster.ctl(cluster.nodes[0], "ping", "--timeout", "2", timeout=60)
-        with pytest.raises(ClusterError) as silent:
-            cluster.ctl(cluster.nodes[0], "ping", "--timeout", "30", timeout=0.5)
     finally:
         cluster.close()
     assert re.fullmatch(rf"rabbitmqctl -n {node} ping --timeout 2: exit \d+: .+", str(failed.value))
-    assert str(silent.value) == f"rabbitmqctl -n {node} ping --timeout 30: no answer in 0.5 s"
