@@ -30,6 +30,7 @@ from types import ModuleType
 from typing import Any
 
 import bm_chunk_lock
+import bm_flood
 import bm_import
 import bm_locked_errors
 import bm_parallel_sum
@@ -52,6 +53,7 @@ MEASURES: tuple[ModuleType, ...] = (
     bm_import,
     bm_rtt_during_import,
     bm_ticks_during_import,
+    bm_flood,
 )
 
 

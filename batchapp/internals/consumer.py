@@ -6,6 +6,11 @@ and the Celery version, instead of the worker running without it.
 - Every task message goes through :func:`batchapp.broker.consumer.on_task_message` first (the
   guard; a bad message is rejected into ``batchapp.dead``), by overriding
   ``Consumer.create_task_handler``, the method Celery's event loop asks for its message callback.
+- While bad messages flood the calls queue (:class:`batchapp.broker.consumer.Surge`), the
+  calls queue's consumer is cancelled and consumed again with a wider prefetch, and again with
+  Celery's once they stop (:class:`CallsPrefetch`): RabbitMQ gives a prefetch to a consumer
+  when it starts consuming (per-consumer ``basic.qos``, what Celery applies to quorum queues),
+  and Celery has one for every queue. With a channel-wide prefetch (classic queues) it stays.
 - It fails over between the nodes of a cluster. With quorum queues Celery adds a
   ``DelayedDelivery`` step that runs each time the consumer (re)connects, before any message is
   consumed, and declares the delayed delivery queues through every URL of a ``;``-separated
@@ -23,6 +28,7 @@ and the Celery version, instead of the worker running without it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, ClassVar
@@ -33,6 +39,7 @@ from celery.utils.log import get_logger
 from celery.worker import loops
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.consumer.delayed_delivery import DelayedDelivery
+from celery.worker.consumer.tasks import Tasks
 
 from batchapp.broker import consumer
 from batchapp.settings import mask_url
@@ -72,6 +79,61 @@ class DelayedDeliveryOnLiveBroker(DelayedDelivery):  # type: ignore[misc]
             logger.critical("Failed to set up delayed delivery on %s: %s", mask_url(url), exc)
 
 
+class CallsPrefetch:
+    """Widens the calls queue consumer's prefetch while a :class:`Surge` of bad messages
+    lasts, and narrows it back to Celery's when it ends."""
+
+    def __init__(self, c: Any) -> None:
+        self.c = c
+        self.surge = consumer.Surge()
+        self.switching = False
+        # Private: the consumer's event loop (None for the synchronous loop, where this stays
+        # off); stands in for a public way to run a callback on the worker's loop.
+        hub = getattr(c, "hub", None)
+        if hub is not None:
+            hub.call_repeatedly(consumer.SURGE_CALM_S / 2, self.check)
+
+    def on_reject(self) -> None:
+        if self.surge.bad(time.monotonic()) and getattr(self.c, "hub", None) is not None:
+            self.c.hub.call_soon(self._consume_calls, consumer.SURGE_PREFETCH)
+
+    def check(self) -> None:
+        if self.surge.calm(time.monotonic()):
+            self._consume_calls(None)
+
+    def reset(self) -> None:
+        """A new connection: its consumers start with Celery's prefetch."""
+        self.surge = consumer.Surge()
+
+    def _consume_calls(self, prefetch: int | None) -> None:
+        c = self.c
+        task_consumer = c.task_consumer
+        # Private: Celery's QoS object and whether it is channel-wide (set by its Tasks step).
+        if self.switching or task_consumer is None or getattr(c, "qos_global", True):
+            return
+        queue = next((q for q in task_consumer.queues if q.name == consumer.SURGE_QUEUE), None)
+        if queue is None or not task_consumer.consuming_from(consumer.SURGE_QUEUE):
+            return  # this worker does not consume the calls queue
+        normal = c.qos.value
+        self.switching = True
+        try:
+            # Messages delivered while cancelling still reach the handler; none is lost.
+            task_consumer.channel.basic_qos(0, prefetch or normal, False)
+            task_consumer.cancel_by_queue(consumer.SURGE_QUEUE)
+            task_consumer.add_queue(queue)
+            task_consumer.consume()
+            task_consumer.channel.basic_qos(0, normal, False)
+            logger.info("Consuming %s with prefetch %d", consumer.SURGE_QUEUE, prefetch or normal)
+        except c.connection_errors:
+            raise
+        except Exception as exc:
+            if not task_consumer.consuming_from(consumer.SURGE_QUEUE):
+                raise  # never a worker that silently stopped consuming its calls
+            logger.error("Cannot change the prefetch of %s: %s", consumer.SURGE_QUEUE, exc)
+        finally:
+            self.switching = False
+
+
 def swap_step(steps: Sequence[str]) -> list[str]:
     """``steps`` with Celery's delayed delivery step replaced by batchapp's; raises
     :class:`HookNotTaken` if Celery's is not among them."""
@@ -95,6 +157,10 @@ def check_hooks(consumer_class: type, delayed_delivery_class: type) -> None:
                 "create_task_handler",
                 f"celery.worker.loops.{loop.__name__} no longer calls create_task_handler",
             )
+    if "qos_global" not in Tasks.start.__code__.co_names:
+        raise HookNotTaken(
+            "CallsPrefetch", "celery.worker.consumer.tasks.Tasks.start no longer sets qos_global"
+        )
     for method in DELAYED_DELIVERY_METHODS:
         if not callable(getattr(delayed_delivery_class, method, None)):
             raise HookNotTaken(
@@ -145,6 +211,10 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         # Private: Celery's builder of the callback its event loop gives every task message;
         # stands in for a public pre-dispatch hook (task_received fires after the decode).
         handle = super().create_task_handler(*args, **kwargs)
+        if getattr(self, "_calls_prefetch", None) is None:
+            self._calls_prefetch = CallsPrefetch(self)
+            self._recorder = consumer.Recorder(self.app)
+        self._calls_prefetch.reset()
         return partial(
             consumer.on_task_message,
             handle,
@@ -152,4 +222,6 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             self.app,
             # Private: the connection errors Celery's consumer recovers from by reconnecting.
             tuple(self.connection_errors),
+            on_reject=self._calls_prefetch.on_reject,
+            recorder=self._recorder,
         )

@@ -33,6 +33,7 @@ POSITIVE = {
     "rtt_during_import_ms": ("median", "max", "calls", "chunk_median"),
     "ticks_during_import": ("sent", "ran"),
     "chunk_lock": ("job_row_per_commit", "chunk_row_guard"),
+    "flood": ("median_ms", "max_ms", "calls", "quiet_median_ms", "dead", "drain_per_s"),
     "ratios": (
         "rtt_sqlite_over_rpc",
         "tasks_sqlite_over_no_results",
@@ -41,6 +42,7 @@ POSITIVE = {
         "rtt_during_import_median_over_chunk",
         "chunk_lock_after_over_before",
         "chunks_per_s_after_over_before",
+        "flood_median_over_quiet",
     ),
     "spread": ("rtt_ms", "tasks_per_s", "parallel_sum_10_ms", "group_10_ms"),
 }
@@ -72,6 +74,8 @@ def test_quick_run_meets_every_target_and_reports_every_figure() -> None:
             assert is_positive(figures[group][key]), f"{group}.{key} = {figures[group][key]!r}"
     assert is_positive(figures["parallel_sum_10_ms"])
     assert figures["locked_errors"] == figures["locked_in_all_logs"] == 0
+    assert figures["flood"]["dead"] == figures["flood"]["bad"]
+    assert figures["flood"]["lost_calls"] == figures["flood"]["wrong_calls"] == 0
     assert figures["quick"] is True
     assert all(t["passed"] is not None for t in figures["targets"])
 

@@ -18,7 +18,10 @@ import pytest
 from celery.worker import loops
 from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.consumer.delayed_delivery import DelayedDelivery
+from celery.worker.consumer.tasks import Tasks
+from kombu.asynchronous.hub import Hub
 from kombu.message import Message
+from kombu.messaging import Consumer as KombuConsumer
 from kombu.utils.imports import symbol_by_name
 
 from batchapp.internals import consumer as hooks
@@ -63,6 +66,28 @@ def test_the_consumer_sets_the_error_tuples_batchapp_narrows_and_reads() -> None
     assigned = CeleryConsumer.__init__.__code__.co_names
     assert "channel_errors" in assigned
     assert "connection_errors" in assigned
+
+
+def test_the_consumer_keeps_its_hub_and_the_tasks_step_its_qos_mode() -> None:
+    # CallsPrefetch schedules on the consumer's hub and leaves a channel-wide prefetch alone.
+    assert "hub" in CeleryConsumer.__init__.__code__.co_names
+    assert "qos_global" in Tasks.start.__code__.co_names
+    assert parameters(Hub.call_soon) == ["self", "callback", "args"]
+    assert parameters(Hub.call_repeatedly) == ["self", "delay", "callback", "args"]
+
+
+def test_the_calls_queue_is_consumed_again_through_kombus_public_calls() -> None:
+    assert parameters(KombuConsumer.cancel_by_queue) == ["self", "queue"]
+    assert parameters(KombuConsumer.add_queue) == ["self", "queue"]
+    assert parameters(KombuConsumer.consume) == ["self", "no_ack"]
+    assert parameters(KombuConsumer.consuming_from) == ["self", "queue"]
+
+
+def test_a_lost_qos_mode_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Tasks, "start", lambda self, c: None)
+
+    with pytest.raises(hooks.HookNotTaken, match=r"Tasks\.start no longer sets qos_global"):
+        hooks.check_hooks(CeleryConsumer, DelayedDelivery)
 
 
 def test_a_rejected_message_is_not_requeued_through_kombus_public_call() -> None:
