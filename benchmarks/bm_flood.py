@@ -136,33 +136,12 @@ class Flood(threading.Thread):
         self.error: str | None = None
 
     def run(self) -> None:
-        from kombu import Connection, Producer
-
-        from batchapp.broker import queues, routing
+        from tests.flood import publish_not_json
 
         try:
-            with Connection(self.app.conf.broker_url) as connection:
-                producer = Producer(connection.channel())
-                self.started_at = time.monotonic()
-                batch = 100
-                for sent in range(0, self.bad, batch):
-                    for _ in range(min(batch, self.bad - sent)):
-                        producer.publish(
-                            b"not json",
-                            exchange=routing.EXCHANGE,
-                            routing_key=queues.CALLS,
-                            content_type="application/json",
-                            content_encoding="utf-8",
-                            headers={
-                                "task": "batchapp.tasks.calculate_sum",
-                                "id": str(uuid.uuid4()),
-                                "lang": "py",
-                            },
-                        )
-                    # Paced: message number `sent` leaves no earlier than its share of the time.
-                    due = self.started_at + self.seconds * (sent + batch) / self.bad
-                    time.sleep(max(0.0, due - time.monotonic()))
-                self.publish_s = time.monotonic() - self.started_at
+            self.started_at = time.monotonic()
+            ids = [str(uuid.uuid4()) for _ in range(self.bad)]
+            self.publish_s = publish_not_json(self.app.conf.broker_url, ids, self.seconds)
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
         finally:

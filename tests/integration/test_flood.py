@@ -12,12 +12,12 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from kombu import Connection, Producer
 
-from batchapp.broker import dead_letters, queues, routing
+from batchapp.broker import dead_letters
 from batchapp.celery import app
 from batchapp.cli.processes import CeleryProcess
 from batchapp.tasks import calculate_sum
+from tests.flood import publish_not_json
 from tests.integration.conftest import RESULT_TIMEOUT, Stack
 
 BAD = 5000
@@ -36,22 +36,8 @@ def dead_count() -> int:
 
 
 def flood(ids: list[str], done: threading.Event) -> None:
-    """Publish a malformed message (JSON content type, body ``not json``) under each id."""
     try:
-        with Connection(app.conf.broker_url) as connection:
-            producer = Producer(connection.channel())
-            started = time.monotonic()
-            for number, task_id in enumerate(ids, 1):
-                producer.publish(
-                    b"not json",
-                    exchange=routing.EXCHANGE,
-                    routing_key=queues.CALLS,
-                    content_type="application/json",
-                    content_encoding="utf-8",
-                    headers={"task": "batchapp.tasks.calculate_sum", "id": task_id, "lang": "py"},
-                )
-                if number % 100 == 0:
-                    time.sleep(max(0.0, started + PUBLISH_S * number / len(ids) - time.monotonic()))
+        publish_not_json(app.conf.broker_url, ids, PUBLISH_S)
     finally:
         done.set()
 
