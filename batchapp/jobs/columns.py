@@ -152,6 +152,19 @@ class CsvDecimal(CsvType):
 
     def read(self, text: str, tz: ZoneInfo) -> int:
         whole, dot, fraction = text.partition(".")
+        # The common case inline (plain digits, in range): this runs per field of a large file.
+        if (
+            whole.isdigit()
+            and whole.isascii()
+            and len(whole) <= _MAX_DIGITS
+            and len(fraction) <= self.places
+            and (fraction.isdigit() and fraction.isascii() if dot else True)
+        ):
+            minor: int = int(whole) * 10**self.places
+            if fraction:
+                minor += int(fraction) * 10 ** (self.places - len(fraction))
+            if self._low <= minor <= self._high:
+                return minor
         if (
             not _digits(whole, self._low < 0)
             or (dot and not (fraction and _digits(fraction, False)))
@@ -291,7 +304,11 @@ class CsvTimestamp(CsvType):
         return local
 
     def stored(self, value: Any) -> Any:
-        return value.astimezone(UTC).replace(tzinfo=None)
+        # What astimezone(UTC) does, at a third of its cost: this runs per row.
+        offset = value.utcoffset()
+        if offset is None:  # a tzinfo that does not know its offset: naive, as Python reads it
+            return value.astimezone(UTC).replace(tzinfo=None)
+        return value.replace(tzinfo=None) - offset
 
     def check_derived(self, value: Any) -> datetime:
         if not isinstance(value, datetime) or value.tzinfo is None:

@@ -143,9 +143,17 @@ class LineParser:
             except BadValue as exc:
                 return f"{name}: {exc}"
         for name, function, check, optional in self._derives:
-            made = _derive(name, function, check, optional, values)
-            if isinstance(made, _Reason):
-                return made.text
+            try:
+                made = function(values)
+            except Exception as exc:
+                return _cannot_derive(name, exc)
+            if made is not None:
+                try:
+                    made = check(made)
+                except BadValue as exc:
+                    return f"{name}: {exc}"
+            elif not optional:
+                return f"{name}: derived no value"
             values[name] = made
         row = []
         for name, store in self._stores:
@@ -154,27 +162,7 @@ class LineParser:
         return tuple(row)
 
 
-@dataclass(frozen=True)
-class _Reason:
-    text: str
-
-
-def _derive(
-    name: str,
-    function: Callable[[Any], Any],
-    check: Callable[[Any], Any],
-    optional: bool,
-    values: dict[str, Any],
-) -> Any:
-    """The derived value checked, or the reason the line is rejected."""
-    try:
-        value = function(values)
-    except Exception as exc:
-        text = " ".join(str(exc).replace("\0", "").split())[:_REASON_KEEP]
-        return _Reason(f"{name}: cannot be derived ({type(exc).__name__}: {text})")
-    if value is None:
-        return None if optional else _Reason(f"{name}: derived no value")
-    try:
-        return check(value)
-    except BadValue as exc:
-        return _Reason(f"{name}: {exc}")
+def _cannot_derive(name: str, exc: Exception) -> str:
+    """A derived function's error as the line's reason (one line, cut short)."""
+    text = " ".join(str(exc).replace("\0", "").split())[:_REASON_KEEP]
+    return f"{name}: cannot be derived ({type(exc).__name__}: {text})"
