@@ -91,6 +91,11 @@ class CsvInt(CsvType):
         _int_bounds("CsvInt", self.min, self.max)
 
     def read(self, text: str, tz: ZoneInfo) -> int:
+        # The common case first (plain digits, in range): this runs per field of a large file.
+        if text.isdigit() and text.isascii() and len(text) <= _MAX_DIGITS:
+            value = int(text)
+            if self.min <= value <= self.max:
+                return value
         if not _digits(text, self.min < 0):
             raise BadValue(f"not a whole number: {shown(text)}")
         if len(text) > _MAX_DIGITS:
@@ -296,7 +301,7 @@ class CsvTimestamp(CsvType):
                 if local.replace(tzinfo=None) != parsed:
                     raise BadValue(f"{text!r} does not exist in {tz} (clocks skip it)")
             else:
-                parsed.astimezone(UTC)
+                # Through UTC: a moment outside year 1 to 9999 there raises OverflowError too.
                 local = parsed.astimezone(tz)
         except OverflowError:
             # Year 1 or 9999 with an offset: the moment lies outside what datetime can hold.
