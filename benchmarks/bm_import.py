@@ -11,6 +11,7 @@ is the best of ``repeat`` runs, each on a fresh database.
 
 from __future__ import annotations
 
+import resource
 import subprocess
 import time
 import uuid
@@ -19,7 +20,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from harness import Bench, JSONDict, Target, exact, progress, ratio, timing
+from cpu_time import TICK_MS, read_proc
+from harness import Bench, JSONDict, Target, exact, progress, ratio
 
 from batchapp.storage.tables import metadata
 
@@ -30,6 +32,11 @@ POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 COPY_BLOCK = 1 << 20
 SQLITE_TARGET = 0.8
 POSTGRES_TARGET = 1.0
+# Quick runs hold floors instead: at 60,000 rows a job's fixed costs (worker round trips,
+# planning, the wait's polls) and the shared machine's load weigh more than the import's work,
+# so they catch a design many times off (today's ratios there: SQLite 0.2-0.4, PostgreSQL
+# 0.3-0.4), not a miss of the full run's targets.
+QUICK_FLOORS = {"sqlite": 0.1, "postgres": 0.15}
 
 # The sample's offsets are Asia/Seoul's (write_sample), so the local day is the text's own date.
 CLI_SCRIPT = """\
@@ -67,46 +74,52 @@ CREATE TABLE raw_sales (order_id varchar(64) PRIMARY KEY, sold_at timestamptz NO
                         quantity integer NOT NULL, unit_price numeric(11, 2) NOT NULL)
 """
 COLUMNS = "order_id, sold_at, store, sku, quantity, unit_price"
+VARIANTS = ("sqlite_batchapp", "sqlite_cli", "pg_batchapp", "pg_copy_staging", "pg_copy_raw")
 
 
 def measure(bench: Bench, size: JSONDict) -> JSONDict:
     rows, large, repeat = size["rows"], size["rows_large"], size["repeat"]
     sample = bench.sample(rows)
-    runs = [import_once(bench, rows, f"sqlite-{n}") for n in range(repeat)]
-    large_run = import_once(bench, large, "sqlite-large")
-    cli_s = min(cli_import(sample, bench.root / "cli" / f"cli-{n}.sqlite") for n in range(repeat))
-    pg_runs = []
-    staging_s, raw_s = [], []
+    found: dict[str, list[JSONDict]] = {name: [] for name in VARIANTS}
+    # Interleaved, so a variant and its reference see about the same load from other processes.
     for n in range(repeat):
+        found["sqlite_batchapp"].append(import_once(bench, rows, f"sqlite-{n}"))
+        found["sqlite_cli"].append(cli_import(sample, bench.root / "cli" / f"cli-{n}.sqlite"))
         with postgres_database() as url:
-            pg_runs.append(import_once(bench, rows, f"postgres-{n}", BATCHAPP_DATABASE_URL=url))
+            run = import_once(bench, rows, f"postgres-{n}", BATCHAPP_DATABASE_URL=url)
+            found["pg_batchapp"].append(run)
         with postgres_database() as url:
-            staging_s.append(copy_staging_import(sample, url))
+            found["pg_copy_staging"].append(copy_staging_import(sample, url))
         with postgres_database() as url:
-            raw_s.append(copy_raw_import(sample, url))
-    seconds = {
-        "sqlite_batchapp": min(run["seconds"] for run in runs),
-        "sqlite_cli": cli_s,
-        "pg_batchapp": min(run["seconds"] for run in pg_runs),
-        "pg_copy_staging": min(staging_s),
-        "pg_copy_raw": min(raw_s),
-        "sqlite_batchapp_large": large_run["seconds"],
-    }
+            found["pg_copy_raw"].append(copy_raw_import(sample, url))
+    large_run = import_once(bench, large, "sqlite-large")
+    best = {name: min(runs, key=lambda run: run["seconds"]) for name, runs in found.items()}
+    seconds = {name: run["seconds"] for name, run in best.items()}
+    seconds["sqlite_batchapp_large"] = large_run["seconds"]
     rates = {
         name: (large if name.endswith("_large") else rows) / took for name, took in seconds.items()
     }
-    rss = {"rows_1m": runs[0]["rss_mb"]["max"], "rows_4m": large_run["rss_mb"]["max"]}
+    # CPU seconds of the client, the worker and its pool (or the sqlite3 shell): less
+    # dependent on other load than seconds, it shows how far the work itself is from the
+    # reference's. PostgreSQL's server processes are not counted.
+    cpu = {name: run["cpu_s"] for name, run in best.items() if "cpu_s" in run}
+    sqlite_runs, large_rss = found["sqlite_batchapp"], large_run["rss_mb"]
+    rss = {"rows_1m": max(run["rss_mb"]["max"] for run in sqlite_runs), "rows_4m": large_rss["max"]}
     return {
         "import_rows_per_s": rates,
         "import_seconds": seconds,
+        "import_cpu_s": cpu,
         "import_peak_rss_mb": rss,
         "import_peak_rss_by_process_mb": {
-            "rows_1m": runs[0]["rss_mb"],
-            "rows_4m": large_run["rss_mb"],
-            "postgres_rows_1m": pg_runs[0]["rss_mb"],
+            "rows_1m": sqlite_runs[0]["rss_mb"],
+            "rows_4m": large_rss,
+            "postgres_rows_1m": found["pg_batchapp"][0]["rss_mb"],
         },
         "ratios": {
             "import_sqlite_over_cli": ratio(rates["sqlite_batchapp"], rates["sqlite_cli"]),
+            "import_sqlite_cli_cpu_over_batchapp_cpu": ratio(
+                cpu["sqlite_cli"], cpu["sqlite_batchapp"]
+            ),
             "import_pg_over_copy_staging": ratio(rates["pg_batchapp"], rates["pg_copy_staging"]),
             "import_pg_over_copy_raw": ratio(rates["pg_batchapp"], rates["pg_copy_raw"]),
             "rss_4m_over_1m": ratio(rss["rows_4m"], rss["rows_1m"]),
@@ -115,12 +128,15 @@ def measure(bench: Bench, size: JSONDict) -> JSONDict:
 
 
 def import_once(bench: Bench, rows: int, name: str, **settings: str) -> JSONDict:
-    """One import on a fresh worker; seconds and the peak RSS of every process involved."""
+    """One import on a fresh worker: seconds, CPU seconds (client, worker and pool) and the
+    peak RSS of every process involved."""
     variant = bench.variant(f"import-{name}", **settings)
     path = variant.add_file(bench.sample(rows))
     progress(f"import: batchapp import_csv of {rows:,} rows ({name})")
     with variant.workers(concurrency=2) as (worker,):
+        before = worker_cpu_s(worker.pid)
         out = variant.client(__name__, path=path.name)
+        worker_s = worker_cpu_s(worker.pid) - before
         main_kb, pool_kb = peak_rss_of_worker(worker.pid)
     if out["status"] != "succeeded" or out["result"]["imported"] != rows:
         raise RuntimeError(f"import of {rows:,} rows ({name}) did not succeed: {out}")
@@ -130,7 +146,13 @@ def import_once(bench: Bench, rows: int, name: str, **settings: str) -> JSONDict
         "client": out["client_maxrss_kb"] / 1024,
     }
     rss_mb["max"] = max(rss_mb.values())
-    return {"seconds": out["seconds"], "rss_mb": rss_mb}
+    return {"seconds": out["seconds"], "cpu_s": worker_s + out["cpu_s"], "rss_mb": rss_mb}
+
+
+def worker_cpu_s(pid: int) -> float:
+    """CPU seconds of a worker and its pool so far (reaped children included)."""
+    procs = [read_proc(p) for p in (pid, *child_pids(pid))]
+    return sum(proc.ticks for proc in procs if proc is not None) * TICK_MS / 1000
 
 
 def client(params: JSONDict) -> JSONDict:
@@ -138,12 +160,13 @@ def client(params: JSONDict) -> JSONDict:
     from batchapp import ledger
     from batchapp.service import job_context, submit_job
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     chunking = {"chunk_rows": params["chunk_rows"]} if "chunk_rows" in params else {}
     view = submit_job("import_csv", {"path": params["path"], **chunking})
     done = ledger.wait(job_context(), view.id, timeout=3600)
     return {
         "seconds": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu,
         "status": done.status,
         "result": done.result,
         "error": done.error,
@@ -173,12 +196,13 @@ def peak_rss_kb(pid: int) -> int:
     raise LookupError(f"no VmHWM for pid {pid}")
 
 
-def cli_import(csv_path: Path, db_path: Path) -> float:
-    """Seconds for the ``sqlite3`` shell to load the file into batchapp's ``sales`` table."""
+def cli_import(csv_path: Path, db_path: Path) -> JSONDict:
+    """Seconds and CPU seconds for the ``sqlite3`` shell to load the file into batchapp's
+    ``sales`` table."""
     db_path.parent.mkdir(parents=True, exist_ok=True)
     create_schema(f"sqlite:///{db_path}")
     progress(f"import: sqlite3 shell .import + INSERT ... SELECT ({db_path.name})")
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), children_cpu_s()
     subprocess.run(
         ["sqlite3", "-bail", str(db_path)],
         input=CLI_SCRIPT.format(path=csv_path),
@@ -186,12 +210,17 @@ def cli_import(csv_path: Path, db_path: Path) -> float:
         check=True,
         capture_output=True,
     )
-    elapsed = time.perf_counter() - start
+    elapsed, cpu_s = time.perf_counter() - start, children_cpu_s() - cpu
     check_count(f"sqlite:///{db_path}", "sales", csv_path)
-    return elapsed
+    return {"seconds": elapsed, "cpu_s": cpu_s}
 
 
-def copy_staging_import(csv_path: Path, url: str) -> float:
+def children_cpu_s() -> float:
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def copy_staging_import(csv_path: Path, url: str) -> JSONDict:
     """Seconds for psycopg's COPY into an unlogged staging table, then one INSERT ... SELECT
     with the conversions into batchapp's ``sales`` (created from its own metadata)."""
     import psycopg
@@ -205,10 +234,10 @@ def copy_staging_import(csv_path: Path, url: str) -> float:
         connection.execute(PG_MOVE)
     elapsed = time.perf_counter() - start
     check_count(url, "sales", csv_path)
-    return elapsed
+    return {"seconds": elapsed}
 
 
-def copy_raw_import(csv_path: Path, url: str) -> float:
+def copy_raw_import(csv_path: Path, url: str) -> JSONDict:
     """Seconds for a plain COPY of the file into a sales-shaped table with the same key."""
     import psycopg
 
@@ -221,7 +250,7 @@ def copy_raw_import(csv_path: Path, url: str) -> float:
         copy_file(connection, csv_path, sql)
     elapsed = time.perf_counter() - start
     check_count(url, "raw_sales", csv_path)
-    return elapsed
+    return {"seconds": elapsed}
 
 
 def copy_file(connection: Any, csv_path: Path, sql: str) -> None:
@@ -278,11 +307,13 @@ def postgres_database() -> Iterator[str]:
 
 def targets(f: JSONDict, quick: bool) -> list[Target]:
     rates, rss, size = f["import_rows_per_s"], f["import_peak_rss_mb"], f["sizes"][NAME]
+    cpu = f["import_cpu_s"]
     rows = f"{size['rows']:,} rows"
     sqlite = Target(
         f"import_csv rows/s, SQLite ({rows})",
-        f"batchapp {rates['sqlite_batchapp']:,.0f}/s",
-        f"sqlite3 shell .import + INSERT ... SELECT {rates['sqlite_cli']:,.0f}/s",
+        f"batchapp {rates['sqlite_batchapp']:,.0f}/s (CPU {cpu['sqlite_batchapp']:.1f} s)",
+        f"sqlite3 shell .import + INSERT ... SELECT {rates['sqlite_cli']:,.0f}/s "
+        f"(CPU {cpu['sqlite_cli']:.1f} s)",
         f["ratios"]["import_sqlite_over_cli"],
     )
     postgres = Target(
@@ -299,8 +330,11 @@ def targets(f: JSONDict, quick: bool) -> list[Target]:
         f["ratios"]["rss_4m_over_1m"],
     )
     # Peak memory does not depend on how busy the machine is: its target holds in quick runs.
-    return [
-        timing(sqlite, ">=", SQLITE_TARGET, quick),
-        timing(postgres, ">=", POSTGRES_TARGET, quick),
-        exact(memory, "<=", 1.2),
-    ]
+    if quick:
+        speed = [
+            exact(sqlite, ">=", QUICK_FLOORS["sqlite"]),
+            exact(postgres, ">=", QUICK_FLOORS["postgres"]),
+        ]
+    else:
+        speed = [exact(sqlite, ">=", SQLITE_TARGET), exact(postgres, ">=", POSTGRES_TARGET)]
+    return [*speed, exact(memory, "<=", 1.2)]
