@@ -24,7 +24,6 @@ RAW_KEEP = 200
 SHOWN_NAMES = 5
 _REASON_KEEP = 120
 
-Reader = Callable[[str, ZoneInfo], Any]
 Row = tuple[Any, ...]
 """A line's values as the table stores them, in the order of ``ImportSpec.stored_names``."""
 
