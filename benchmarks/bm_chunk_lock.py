@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from harness import Bench, JSONDict, Target, progress, ratio, timing
 
-from tests.support import postgres_admin
+from tests.support import postgres_database
 
 NAME = "chunk_lock"
 FULL = {"chunks": 10_000, "processes": 2}
@@ -38,7 +36,7 @@ LOCK_MS_TARGET = 1.0
 
 def measure(bench: Bench, size: JSONDict) -> JSONDict:
     progress(f"chunk_lock: {size['chunks']:,} chunks x {len(VARIANTS)} variants on PostgreSQL")
-    with postgres_database() as url:
+    with postgres_database("batchapp_bench") as url:
         variant = bench.variant("chunk-lock", BATCHAPP_DATABASE_URL=url)
         out = variant.client(__name__, **size)
     before, after = out["job_row_per_commit"], out["chunk_row_guard"]
@@ -52,17 +50,6 @@ def measure(bench: Bench, size: JSONDict) -> JSONDict:
             "chunks_per_s_after_over_before": ratio(after["chunks_per_s"], before["chunks_per_s"]),
         },
     }
-
-
-@contextmanager
-def postgres_database() -> Iterator[str]:
-    """A fresh database on the local PostgreSQL, dropped afterwards."""
-    name = f"batchapp_bench_{uuid.uuid4().hex[:8]}"
-    postgres_admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    finally:
-        postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def client(params: JSONDict) -> JSONDict:

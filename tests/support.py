@@ -145,6 +145,22 @@ def rabbitmqctl(*args: str, timeout: float = ADMIN_TIMEOUT_S) -> str:
     return admin_command(["rabbitmqctl", "-q", *args], timeout=timeout)
 
 
+@contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """The URL of a fresh database ``<prefix>_<hex8>`` on the local PostgreSQL, dropped (its
+    connections forced closed) afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    postgres_admin(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    try:
+        yield url
+    finally:
+        from batchapp.storage.engines import engine_for
+
+        engine_for(url).dispose()
+        postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def postgres_admin(
     statement: str, url: str = POSTGRES_ADMIN_URL, timeout: float = ADMIN_TIMEOUT_S
 ) -> None:

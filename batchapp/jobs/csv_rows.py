@@ -24,7 +24,6 @@ RAW_KEEP = 200
 SHOWN_NAMES = 5
 _REASON_KEEP = 120
 
-Reader = Callable[[str, ZoneInfo], Any]
 Row = tuple[Any, ...]
 """A line's values as the table stores them, in the order of ``ImportSpec.stored_names``."""
 
@@ -92,28 +91,10 @@ class LineParser:
     tz: ZoneInfo
     to_db_time: Callable[[datetime], Any]
     to_db_date: Callable[[date], Any]
-    _reads: list[tuple[str, int, Reader, bool]] = field(init=False, repr=False)
-    _derives: list[tuple[str, Callable[[Any], Any], Callable[[Any], Any], bool]] = field(
-        init=False, repr=False
-    )
-    _stores: list[tuple[str, Callable[[Any], Any] | None]] = field(init=False, repr=False)
+    _convert: Callable[[list[str], ZoneInfo], Row | str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # Bound methods and conversions looked up once, not per field: this runs per line.
-        position = {name: index for index, name in enumerate(self.order)}
-        reads = [(c.name, position[c.name], c.type.read, c.optional) for c in self.spec.columns]
-        derives = [
-            (d.name, d.function, d.type.check_derived, d.optional) for d in self.spec.derived
-        ]
-        by_stored = {c.stored_name: (c.name, c.type) for c in self.spec.columns}
-        by_stored |= {d.name: (d.name, d.type) for d in self.spec.derived}
-        stores = []
-        for stored in self.spec.stored_names:
-            name, kind = by_stored[stored]
-            stores.append((name, self._storer(kind)))
-        object.__setattr__(self, "_reads", reads)
-        object.__setattr__(self, "_derives", derives)
-        object.__setattr__(self, "_stores", stores)
+        object.__setattr__(self, "_convert", self._compile())
 
     def _storer(self, kind: CsvType) -> Callable[[Any], Any] | None:
         """What turns a value into what the driver is given; None where it is the value."""
@@ -125,56 +106,86 @@ class LineParser:
             return convert
         return lambda value: convert(kind.stored(value))
 
+    def _compile(self) -> Callable[[list[str], ZoneInfo], Row | str]:
+        """One function for this spec and header order, written out column by column.
+
+        This runs per line, and a loop over the columns with their settings unpacked per field
+        cost as much as the checks themselves. The source holds only generated names and
+        numbers: every name, function and message comes in through its namespace (so does
+        dataclasses' generated ``__init__``). It checks in the same order and words every
+        reason as the columns' own ``read``/``check_derived`` do.
+        """
+        position = {name: index for index, name in enumerate(self.order)}
+        space: dict[str, Any] = {"BadValue": BadValue, "cannot_derive": _cannot_derive}
+        code = ["def convert(fields, tz):"]
+        value_of: dict[str, str] = {}
+        for i, column in enumerate(self.spec.columns):
+            space |= {f"read{i}": column.type.read, f"bad{i}": f"{column.name}: "}
+            code.append(f"    text = fields[{position[column.name]}].strip()")
+            pad = "    "
+            if column.optional:
+                code += ["    if not text:", f"        v{i} = None", "    else:"]
+                pad = "        "
+            code += [
+                f"{pad}try:",
+                f"{pad}    v{i} = read{i}(text, tz)",
+                f"{pad}except BadValue as exc:",
+                f"{pad}    return bad{i} + str(exc)",
+            ]
+            value_of[column.name] = f"v{i}"
+        if self.spec.derived:
+            space |= {f"name{i}": column.name for i, column in enumerate(self.spec.columns)}
+            names = ", ".join(f"name{i}: v{i}" for i in range(len(self.spec.columns)))
+            code.append(f"    values = {{{names}}}")
+        for j, derived in enumerate(self.spec.derived):
+            space |= {
+                f"function{j}": derived.function,
+                f"check{j}": derived.type.check_derived,
+                f"derived{j}": derived.name,
+                f"dbad{j}": f"{derived.name}: ",
+                f"none{j}": f"{derived.name}: derived no value",
+            }
+            code += [
+                "    try:",
+                f"        d{j} = function{j}(values)",
+                "    except Exception as exc:",
+                f"        return cannot_derive(derived{j}, exc)",
+                f"    if d{j} is not None:",
+                "        try:",
+                f"            d{j} = check{j}(d{j})",
+                "        except BadValue as exc:",
+                f"            return dbad{j} + str(exc)",
+            ]
+            if not derived.optional:
+                code += ["    else:", f"        return none{j}"]
+            code.append(f"    values[derived{j}] = d{j}")
+            value_of[derived.name] = f"d{j}"
+        kinds = {c.stored_name: (c.name, c.type) for c in self.spec.columns}
+        kinds |= {d.name: (d.name, d.type) for d in self.spec.derived}
+        stored = []
+        for k, stored_name in enumerate(self.spec.stored_names):
+            name, kind = kinds[stored_name]
+            value, store = value_of[name], self._storer(kind)
+            if store is None:
+                stored.append(value)
+            else:
+                space[f"store{k}"] = store
+                stored.append(f"(None if {value} is None else store{k}({value}))")
+        code.append(f"    return ({', '.join(stored)},)")
+        exec("\n".join(code), space)  # generated from names and numbers only
+        convert: Callable[[list[str], ZoneInfo], Row | str] = space["convert"]
+        return convert
+
     def __call__(self, line: str) -> Row | str:
         fields = split_fields(line)
         if isinstance(fields, str):
             return fields
-        if len(fields) != len(self._reads):
-            return f"expected {len(self._reads)} fields, got {len(fields)}"
-        tz = self.tz
-        values: dict[str, Any] = {}
-        for name, index, read, optional in self._reads:
-            text = fields[index].strip()
-            if optional and not text:
-                values[name] = None
-                continue
-            try:
-                values[name] = read(text, tz)
-            except BadValue as exc:
-                return f"{name}: {exc}"
-        for name, function, check, optional in self._derives:
-            made = _derive(name, function, check, optional, values)
-            if isinstance(made, _Reason):
-                return made.text
-            values[name] = made
-        row = []
-        for name, store in self._stores:
-            value = values[name]
-            row.append(value if store is None or value is None else store(value))
-        return tuple(row)
+        if len(fields) != len(self.spec.columns):
+            return f"expected {len(self.spec.columns)} fields, got {len(fields)}"
+        return self._convert(fields, self.tz)
 
 
-@dataclass(frozen=True)
-class _Reason:
-    text: str
-
-
-def _derive(
-    name: str,
-    function: Callable[[Any], Any],
-    check: Callable[[Any], Any],
-    optional: bool,
-    values: dict[str, Any],
-) -> Any:
-    """The derived value checked, or the reason the line is rejected."""
-    try:
-        value = function(values)
-    except Exception as exc:
-        text = " ".join(str(exc).replace("\0", "").split())[:_REASON_KEEP]
-        return _Reason(f"{name}: cannot be derived ({type(exc).__name__}: {text})")
-    if value is None:
-        return None if optional else _Reason(f"{name}: derived no value")
-    try:
-        return check(value)
-    except BadValue as exc:
-        return _Reason(f"{name}: {exc}")
+def _cannot_derive(name: str, exc: Exception) -> str:
+    """A derived function's error as the line's reason (one line, cut short)."""
+    text = " ".join(str(exc).replace("\0", "").split())[:_REASON_KEEP]
+    return f"{name}: cannot be derived ({type(exc).__name__}: {text})"

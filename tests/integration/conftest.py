@@ -26,6 +26,7 @@ from tests.support import (
     BrokerUnreachable,
     peak_vhosts,
     postgres_admin,
+    postgres_database,
     rabbitmq_vhost,
     require_broker,
     run_data_dir,
@@ -176,15 +177,8 @@ def wordcount_example() -> Path:
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database on the local server, dropped afterwards."""
-    database = f"batchapp_test_{uuid.uuid4().hex[:8]}"
-    _psql(f'CREATE DATABASE "{database}"')
-    try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{database}"
-    finally:
-        from batchapp.storage.engines import engine_for
-
-        engine_for(f"postgresql://postgres@127.0.0.1:5432/{database}").dispose()
-        _psql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    with postgres_database("batchapp_test") as url:
+        yield url
 
 
 def _psql(statement: str) -> None:

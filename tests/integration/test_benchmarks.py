@@ -27,7 +27,13 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "run.py"
 POSITIVE = {
     "rtt_ms": ("sqlite", "rpc"),
     "tasks_per_s": ("sqlite_results", "no_results"),
-    "import_rows_per_s": ("batchapp", "raw_sqlite"),
+    "import_rows_per_s": (
+        "sqlite_batchapp",
+        "sqlite_cli",
+        "pg_batchapp",
+        "pg_copy_staging",
+        "pg_copy_raw",
+    ),
     "import_peak_rss_mb": ("rows_1m", "rows_4m"),
     "submit_messages": ("items", "chunks", "messages"),
     "rtt_during_import_ms": ("median", "max", "calls", "chunk_median"),
@@ -37,7 +43,9 @@ POSITIVE = {
     "ratios": (
         "rtt_sqlite_over_rpc",
         "tasks_sqlite_over_no_results",
-        "import_batchapp_over_raw",
+        "import_sqlite_over_cli",
+        "import_pg_over_copy_staging",
+        "import_pg_over_copy_raw",
         "rss_4m_over_1m",
         "rtt_during_import_median_over_chunk",
         "chunk_lock_after_over_before",

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from batchapp import ledger
+from batchapp import csv_import, ledger
 from batchapp.celery import settings as app_settings
 from batchapp.jobs import JobContext, import_rows
 from batchapp.storage.engines import engine_for
@@ -193,3 +193,52 @@ def test_chunks_in_any_order_copy_into_postgresql_with_the_same_outcome(
         5: f"id '{tag}-A' repeats line 2 (a file may hold an id once)",
         7: f"id '{tag}-C' repeats line 6 (a file may hold an id once)",
     }
+
+
+def test_a_hand_made_postgresql_table_of_other_column_types_still_takes_the_rows(
+    postgres_url: str,
+) -> None:
+    """Binary COPY is for the types batchapp creates; a table made by hand with numeric and
+    timestamptz columns gets the rows by text COPY, converted as an INSERT would."""
+    ctx = JobContext(
+        settings=replace(app_settings, database_url=postgres_url, timezone="America/New_York"),
+        engine=engine_for(postgres_url),
+    )
+    ensure_schema(ctx.engine)
+    table = f"hand_orders_{uuid.uuid4().hex[:8]}"
+    with ctx.engine.begin() as connection:
+        connection.exec_driver_sql(
+            f"CREATE TABLE {table} (id text PRIMARY KEY, qty numeric NOT NULL, "
+            "price numeric(12, 0) NOT NULL, placed_at timestamptz NOT NULL, due date, gift bool, "
+            "note varchar(40), total_cents numeric NOT NULL, batch_job_id text NOT NULL, "
+            "batch_line bigint NOT NULL)"
+        )
+    job = csv_import(
+        "test.hand_orders",
+        table=table,
+        columns=orders.spec.columns,
+        derived=orders.spec.derived,
+        register=False,
+    )
+    name = write(
+        [
+            "hi,K-1,3,19.90,2026-03-08T01:30:00,2026-04-01,yes",
+            ",K-2,1,0.05,2026-03-09T12:00:00-05:00,,",
+        ]
+    )
+    params = job.parse_params({"path": name, "chunk_rows": 10}, ctx)
+    (spec,) = job.plan(params, ctx)
+    prepared = job.prepare(params, spec, ctx)
+    with ctx.engine.begin() as connection:
+        written = import_rows.write_chunk(connection, job.spec, "hand-made", prepared)
+        got = connection.exec_driver_sql(
+            f"SELECT id, qty, price, placed_at AT TIME ZONE 'UTC', due, gift, note, total_cents, "
+            f"batch_line FROM {table} ORDER BY id"
+        ).all()
+        connection.exec_driver_sql(f"DROP TABLE {table}")
+
+    assert written.imported == 2
+    assert [tuple(row) for row in got] == [
+        ("K-1", 3, 1990, datetime(2026, 3, 8, 6, 30), date(2026, 4, 1), True, "hi", 5970, 2),
+        ("K-2", 1, 5, datetime(2026, 3, 9, 17, 0), None, None, None, 5, 3),
+    ]

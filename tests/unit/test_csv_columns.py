@@ -144,6 +144,8 @@ def test_timestamp_without_offset_is_read_in_the_configured_zone_and_must_exist(
         ("2026-02-30T10:00:00", "not an ISO 8601 date and time"),
         ("0001-01-01T00:00:00", "out of range (year 1 to 9999 in UTC and Asia/Seoul)"),
         ("9999-12-31T23:00:00+00:00", "out of range (year 1 to 9999 in UTC and Asia/Seoul)"),
+        # Before year 1 in UTC, though not in Asia/Seoul.
+        ("0001-01-01T00:00:00+05:00", "out of range (year 1 to 9999 in UTC and Asia/Seoul)"),
     ],
 )
 def test_timestamp_rejects_with_the_reason(text: str, expected: str) -> None:

@@ -324,6 +324,41 @@ def test_a_derived_column_that_fails_rejects_the_line_with_its_reason() -> None:
     assert parse_note(line) == "note: expected 1-3 characters, got 4"
 
 
+def test_a_derived_column_sees_the_row_by_name_and_may_derive_nothing_if_optional() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def due_or_none(row: dict[str, Any]) -> date | None:
+        seen.append(dict(row))
+        return row["due"]
+
+    made = declare(
+        derived=[
+            Derived("later", CsvDate(), due_or_none, optional=True),
+            Derived("again", CsvDate(), lambda row: row["later"], optional=True),
+        ]
+    )
+    must = declare(derived=[Derived("later", CsvDate(), lambda row: row["due"])])
+    parse = LineParser(made.spec, ("gift", *made.spec.header[:-1]), ZoneInfo("UTC"), str, str)
+    parse_must = LineParser(must.spec, must.spec.header, ZoneInfo("UTC"), str, str)
+
+    row = parse("no,A,1,1.00,2026-11-25T09:00:00,")
+
+    assert isinstance(row, tuple)
+    assert row[made.spec.stored_names.index("later")] is None
+    assert row[made.spec.stored_names.index("gift")] is False
+    assert seen == [
+        {
+            "id": "A",
+            "qty": 1,
+            "price": 100,
+            "placed_at": seen[0]["placed_at"],
+            "due": None,
+            "gift": False,
+        }
+    ]
+    assert parse_must("A,1,1.00,2026-11-25T09:00:00,,") == "later: derived no value"
+
+
 def test_a_derived_column_may_not_share_a_file_columns_name() -> None:
     with pytest.raises(DeclarationError, match="derived column 'qty' is also a file column"):
         declare(
