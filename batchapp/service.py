@@ -359,8 +359,10 @@ def schedule() -> tuple[list[ScheduleEntry], str | None]:
     engine = job_context().engine
     ensure_schema(engine)
     runs = leases.recorded_runs(engine)
+    offset = leases.clock_offset(engine)  # runs are on the database's clock; shown on this host's
     for row in stored.entries(engine):
-        since = max(runs.get(row.name, (row.since, 0))[0], row.since).replace(tzinfo=UTC)
+        last_run = max(runs.get(row.name, (row.since, 0))[0], row.since) - offset
+        since = last_run.replace(tzinfo=UTC)
         entries.append(_stored_view(row, None if row.paused else since))
     return entries, leases.holder_of(engine, LEASE)
 

@@ -3,7 +3,10 @@
 The holder renews it well before it expires; when the holder dies, the lease runs out and the
 next beat to ask takes it. Every entry's last run is recorded under the same lease check, so a
 beat that lost its lease (paused past expiry, say) can no longer record, and so never sends.
-Times are naive UTC from this host's clock: keep the hosts' clocks in sync (NTP).
+Times are naive UTC on the database's clock, read inside each statement's transaction: beats
+whose hosts' clocks disagree still agree on when a lease ends and when an entry last ran. A beat
+converts its own times with :func:`clock_offset`; ``now=`` stands in for the database's clock in
+tests.
 """
 
 from __future__ import annotations
@@ -14,7 +17,12 @@ from sqlalchemy import Connection, Engine, Table, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from batchapp.jobs.base import utcnow
-from batchapp.storage.engines import dialect_insert, read_transaction, write_transaction
+from batchapp.storage.engines import (
+    database_now,
+    dialect_insert,
+    read_transaction,
+    write_transaction,
+)
 from batchapp.storage.tables import beat_entries, beat_leases, beat_sends
 
 
@@ -22,10 +30,10 @@ def acquire(
     engine: Engine, name: str, holder: str, duration: timedelta, now: datetime | None = None
 ) -> bool:
     """Take or renew lease ``name`` for ``holder``; True if it now holds it for ``duration``."""
-    now = now or utcnow()
     try:
         with write_transaction(engine) as connection:
             current = _current(connection, name)
+            now = now or database_now(connection)
             if current is None:
                 connection.execute(
                     insert(beat_leases).values(name=name, holder=holder, expires_at=now + duration)
@@ -43,6 +51,16 @@ def acquire(
         return False  # another beat created the lease between our read and our insert
 
 
+def clock_offset(engine: Engine) -> timedelta:
+    """How far the database's clock is ahead of this host's (negative: behind): this host's
+    naive UTC plus it is the database's time."""
+    with read_transaction(engine) as connection:
+        before = utcnow()
+        now = database_now(connection)
+        after = utcnow()
+    return now - (before + (after - before) / 2)
+
+
 def release(engine: Engine, name: str, holder: str) -> None:
     """Give the lease up at once (on a clean stop), so a standby need not wait for it to expire."""
     with write_transaction(engine) as connection:
@@ -55,7 +73,8 @@ def holder_of(engine: Engine, name: str, now: datetime | None = None) -> str | N
     """Who holds lease ``name`` now, if anyone."""
     with read_transaction(engine) as connection:
         current = _current(connection, name, lock=False)
-    return current[0] if current and current[1] > (now or utcnow()) else None
+        now = now or database_now(connection)
+    return current[0] if current and current[1] > now else None
 
 
 def record_run(
@@ -70,10 +89,11 @@ def record_run(
 ) -> bool:
     """Record that ``entry`` ran at ``last_run_at``, only while ``holder`` holds ``lease``;
     False (nothing written) if it does not, and then it must not send. With a ``task_id``, the
-    tick is also recorded as not yet sent, until :func:`sent`."""
-    now = now or utcnow()
+    tick is also recorded as not yet sent, until :func:`sent`. ``last_run_at`` is on the
+    database's clock (see :func:`clock_offset`)."""
     with write_transaction(engine) as connection:
         current = _current(connection, lease)
+        now = now or database_now(connection)
         if current is None or current[0] != holder or current[1] <= now:
             return False
         _put(

@@ -10,6 +10,12 @@ Besides the entries in code, the leader sends the entries operators store in the
 (:mod:`batchapp.beat.stored`): at each lease renewal (a quarter lease) it reads their change
 counter and, when it moved, rereads them, so an added, paused, resumed or removed entry takes
 effect within one beat interval. Their last runs are recorded under the lease like any other.
+
+A beat runs on the database's clock, not its host's: at each renewal it measures how far the one
+is from the other (:func:`leases.clock_offset`), and Celery's scheduling inside :meth:`tick` reads
+its host's clock shifted by that. So beats on skewed hosts agree on when an entry is due, and a
+tick's ``expires`` is one period after it was due on the database's clock (its message TTL, which
+RabbitMQ counts, is the period itself).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from batchapp.beat import leases, stored
 from batchapp.beat.entries import code_entries, stored_entry
 from batchapp.beat.timing import ScheduleError, checked
 from batchapp.celery import settings
+from batchapp.internals.clock import app_clock
 from batchapp.jobs import JOBS
 from batchapp.jobs.base import utcnow
 from batchapp.runtime import job_context
@@ -62,6 +69,8 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
         self.poll_s = self.lease.total_seconds() / 4
         self.leading = False
         self._renew_at = 0.0
+        # The database's clock minus this host's, measured at each lease renewal.
+        self._offset = timedelta(0)
         self._standby_logged = False
         self._in_database = False
         self._code_names: set[str] = set()
@@ -96,6 +105,10 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
             entry.options.setdefault("confirm_timeout", settings.broker_timeout)
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
+        with app_clock(self.app, self._celery_now):
+            return self._tick(*args, **kwargs)
+
+    def _tick(self, *args: Any, **kwargs: Any) -> float:
         if not self.leading or time.monotonic() >= self._renew_at:
             self._check_lease()
             if self.leading:
@@ -135,11 +148,29 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
             return super().apply_async(entry, *args, **kwargs)
         return self._send(entry, tick_id, producer=kwargs.get("producer"))
 
-    def _send(self, entry: Any, tick_id: str, again: bool = False, producer: Any = None) -> Any:
-        """Send ``entry``'s recorded tick as task ``tick_id``; once the broker confirmed it, it is
-        no longer recorded as unsent."""
+    def database_now(self) -> datetime:
+        """The database's clock (naive UTC), from this host's and the last offset measured."""
+        return utcnow() + self._offset
+
+    def _celery_now(self) -> datetime:
+        """The database's clock as Celery's ``app.now()`` gives time: aware, in its timezone."""
+        return self.database_now().replace(tzinfo=UTC).astimezone(self.app.timezone)
+
+    def _send(
+        self,
+        entry: Any,
+        tick_id: str,
+        again: bool = False,
+        producer: Any = None,
+        expires: float | None = None,
+    ) -> Any:
+        """Send ``entry``'s recorded tick as task ``tick_id`` (expiring after ``expires`` s
+        rather than the entry's own); once the broker confirmed it, it is no longer recorded
+        as unsent."""
         sending = copy.copy(entry)
         sending.options = {**entry.options, "task_id": tick_id}
+        if expires is not None:
+            sending.options["expires"] = expires
         result = super().apply_async(sending, producer=producer or self.producer, advance=False)
         logger.info(
             "beat: sent %s%s (%s) as %s",
@@ -174,6 +205,7 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
     def _check_lease(self) -> None:
         try:
             with self.database() as engine:
+                self._offset = leases.clock_offset(engine)
                 held = leases.acquire(engine, LEASE, self.holder, self.lease)
         except SQLAlchemyError as exc:
             # Without the database there is no knowing who leads: sending could double a tick.
@@ -219,18 +251,17 @@ class LeaderScheduler(Scheduler):  # type: ignore[misc]
         key ``tick:ID``; see ``tasks.run_periodic``). A tick past its expiry is dropped."""
         with self.database() as engine:
             unsent = leases.unsent(engine)
-        now = utcnow()
+        now = self.database_now()
         for name, (tick_id, recorded_at) in sorted(unsent.items()):
             entry = self.schedule.get(name)
             expires = entry.options.get("expires") if entry is not None else 0
-            if entry is None or (
-                expires is not None and now - recorded_at > timedelta(seconds=expires)
-            ):
+            left = None if expires is None else expires - (now - recorded_at).total_seconds()
+            if entry is None or (left is not None and left <= 0):
                 with self.database() as engine:
                     leases.sent(engine, name, tick_id)  # removed, or it would expire on arrival
                 continue
             try:
-                self._send(entry, tick_id, again=True)
+                self._send(entry, tick_id, again=True, expires=left)
             except Exception as exc:  # as Celery's apply_entry does: log it and go on
                 logger.error("beat: cannot send %s again: %s", name, exc)
 

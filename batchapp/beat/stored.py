@@ -14,8 +14,12 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from batchapp.beat.timing import Cron, Every, Schedule
-from batchapp.jobs.base import utcnow
-from batchapp.storage.engines import dialect_insert, read_transaction, write_transaction
+from batchapp.storage.engines import (
+    database_now,
+    dialect_insert,
+    read_transaction,
+    write_transaction,
+)
 from batchapp.storage.tables import (
     SCHEDULE_NAME_MAX_CHARS,
     beat_entries,
@@ -67,7 +71,6 @@ def add(
 ) -> StoredEntry:
     """Store a new entry; a :class:`ScheduleNameError` if one has that name already."""
     check_name(name)
-    now = now or utcnow()
     every_s = schedule.seconds if isinstance(schedule, Every) else None
     cron = schedule.expression if isinstance(schedule, Cron) else None
     ensure_schema(engine)
@@ -75,6 +78,7 @@ def add(
         with write_transaction(engine) as connection:
             if _row(connection, name) is not None:
                 raise ScheduleNameError(f"a schedule named {name!r} exists already")
+            now = now or database_now(connection)  # beats compare it with their last runs
             connection.execute(
                 insert(schedules).values(
                     name=name,
@@ -104,7 +108,7 @@ def set_paused(engine: Engine, name: str, paused: bool, now: datetime | None = N
         entry = _entry(found)
         if entry.paused == paused:
             return entry
-        since = (now or utcnow()) if not paused else entry.since
+        since = (now or database_now(connection)) if not paused else entry.since
         connection.execute(
             update(schedules).where(schedules.c.name == name).values(paused=paused, since=since)
         )

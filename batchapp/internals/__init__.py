@@ -12,4 +12,5 @@ release (docs/internals.md says why each hook stays and how to move a pin).
 - :mod:`.result_backend`: Celery's database backend with one-statement stores and reads.
 - :mod:`.delays`: Celery's native delayed delivery declared by a caller.
 - :mod:`.consumer`: the worker's consumer with the message guard and failover hooks.
+- :mod:`.clock`: beat's Celery app read on the database's clock.
 """

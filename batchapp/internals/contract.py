@@ -56,6 +56,9 @@ HOOKS: tuple[Hook, ...] = (
     Hook("amqp.channel:Channel._on_basic_ack", ("delivery_tag", "multiple")),
     Hook("amqp.channel:Channel._on_basic_nack", ("delivery_tag", "multiple")),
     Hook("amqp.transport:TCPTransport.having_timeout", ("timeout",)),
+    # internals/clock.py
+    Hook("celery.app.base:Celery.now"),
+    Hook("celery.schedules:BaseSchedule.now"),
     # internals/task_messages.py
     Hook("celery.app.task:Task._get_exec_options"),
     Hook(

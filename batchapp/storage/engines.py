@@ -21,6 +21,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -252,6 +253,19 @@ def dialect_insert(dialect: str, table: Table) -> sqlite.Insert | postgresql.Ins
     if dialect == "postgresql":
         return postgresql.insert(table)
     raise LookupError(f"no INSERT ... ON CONFLICT for {dialect!r}")
+
+
+def database_now(connection: Connection) -> datetime:
+    """The database's clock, as naive UTC: one clock for every host that shares the database
+    (the session's time zone aside). SQLite's is this host's clock, to the millisecond."""
+    if connection.dialect.name == "sqlite":
+        stamp = connection.exec_driver_sql("SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')").scalar()
+        return datetime.fromisoformat(str(stamp))
+    # clock_timestamp(), not now(): a statement that waited on a lock sees the time after.
+    found = connection.exec_driver_sql("SELECT clock_timestamp() AT TIME ZONE 'UTC'").scalar()
+    if not isinstance(found, datetime):
+        raise TypeError(f"database_now: expected a timestamp, got {found!r}")
+    return found
 
 
 @contextmanager

@@ -26,10 +26,15 @@ from batchapp.storage.engines import engine_for
 from batchapp.storage.tables import beat_entries, beat_leases, ensure_schema, jobs
 from tests.integration.conftest import RESULT_TIMEOUT, Stack
 from tests.unit.test_beat_leader import (  # noqa: F401 - collected here, on PostgreSQL
+    database_clock,
+    test_a_leader_on_a_skewed_host_records_by_the_databases_clock,
     test_a_leader_that_lost_its_lease_cannot_record_a_tick,
     test_a_released_lease_is_taken_at_once,
     test_beats_racing_for_a_free_lease_get_one_holder,
     test_one_holder_at_a_time_until_the_lease_expires,
+    test_skewed_hosts_agree_on_the_lease_by_the_databases_clock,
+    test_the_clock_offset_is_the_databases_clock_minus_this_hosts,
+    test_the_databases_clock_is_utc_whatever_the_session_time_zone,
 )
 
 INTERVAL_S = 3.0

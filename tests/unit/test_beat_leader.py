@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -23,7 +23,7 @@ from batchapp import tasks
 from batchapp.beat import leases
 from batchapp.beat.scheduler import LeaderScheduler, lease_seconds
 from batchapp.celery import app
-from batchapp.storage.engines import engine_for, write_transaction
+from batchapp.storage.engines import database_now, engine_for, write_transaction
 from batchapp.storage.tables import beat_entries, beat_leases, beat_sends, ensure_schema
 from tests.support import run_cli
 from tests.unit.conftest import RUN_DATA_DIR
@@ -88,6 +88,59 @@ def test_beats_racing_for_a_free_lease_get_one_holder(engine: Engine) -> None:
         thread.join(timeout=60)
     assert len(won) == 1
     assert leases.holder_of(engine, "beat", now=T0) == won[0]
+
+
+def test_the_databases_clock_is_utc_whatever_the_session_time_zone(engine: Engine) -> None:
+    with engine.connect() as connection:
+        now = database_now(connection)
+    # This host and the database share a clock here.
+    assert abs(now - datetime.now(UTC).replace(tzinfo=None)) < timedelta(seconds=5)
+
+
+def test_the_clock_offset_is_the_databases_clock_minus_this_hosts(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ahead = timedelta(seconds=20)
+    monkeypatch.setattr(leases, "utcnow", lambda: datetime.now(UTC).replace(tzinfo=None) + ahead)
+    assert abs(leases.clock_offset(engine) + ahead) < timedelta(seconds=1)
+
+
+@pytest.fixture
+def database_clock(monkeypatch: pytest.MonkeyPatch) -> list[datetime]:
+    """The database's clock, set by the test; hosts' clocks an hour either side of it."""
+    clock = [T0]
+    monkeypatch.setattr(leases, "database_now", lambda connection: clock[0])
+    return clock
+
+
+def host_clock(monkeypatch: pytest.MonkeyPatch, skew: timedelta) -> None:
+    monkeypatch.setattr(leases, "utcnow", lambda: T0 + skew)
+
+
+def test_skewed_hosts_agree_on_the_lease_by_the_databases_clock(
+    engine: Engine, database_clock: list[datetime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host_clock(monkeypatch, timedelta(hours=1))
+    assert leases.acquire(engine, "beat", "a", LEASE)
+    host_clock(monkeypatch, -timedelta(hours=1))
+    database_clock[0] = T0 + timedelta(seconds=9)
+    assert not leases.acquire(engine, "beat", "b", LEASE)
+    assert leases.holder_of(engine, "beat") == "a"
+    database_clock[0] = T0 + timedelta(seconds=11)  # a died: its lease ended 1 s ago
+    assert leases.holder_of(engine, "beat") is None
+    assert leases.acquire(engine, "beat", "b", LEASE)
+
+
+def test_a_leader_on_a_skewed_host_records_by_the_databases_clock(
+    engine: Engine, database_clock: list[datetime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    host_clock(monkeypatch, -timedelta(hours=1))
+    assert leases.acquire(engine, "beat", "a", LEASE)
+    database_clock[0] = T0 + timedelta(seconds=9)
+    assert leases.record_run(engine, "beat", "a", "tick", T0, 1, task_id="t1")
+    assert leases.unsent(engine) == {"tick": ("t1", T0 + timedelta(seconds=9))}
+    database_clock[0] = T0 + timedelta(seconds=10)  # its lease ran out, whatever its host says
+    assert not leases.record_run(engine, "beat", "a", "tick", T0, 2, task_id="t2")
 
 
 def test_a_standby_takes_over_within_one_interval() -> None:
@@ -206,3 +259,29 @@ def test_a_tick_that_arrives_twice_starts_one_run(monkeypatch: pytest.MonkeyPatc
 
     assert first == again and first.endswith(": running")
     assert other != first and other.endswith(": skipped")
+
+
+def test_a_beat_on_a_skewed_host_schedules_and_records_on_the_databases_clock(
+    beats: tuple[LeaderScheduler, LeaderScheduler, list[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leader, _, _ = beats
+    clocks: list[datetime] = []
+
+    def publish(self: Any, entry: Any, producer: Any = None, **kw: Any) -> Any:
+        clocks.append(self.app.now())  # what Celery counts a tick's expires from
+        return SimpleNamespace(id=entry.options.get("task_id"))
+
+    monkeypatch.setattr(Scheduler, "apply_async", publish)
+    monkeypatch.setattr(leases, "clock_offset", lambda engine: timedelta(seconds=-20))
+    with leader.database() as engine, write_transaction(engine) as connection:
+        connection.execute(beat_entries.delete())
+    for entry in leader.schedule.values():
+        entry.last_run_at = datetime(2000, 1, 1, tzinfo=UTC)  # all due
+    leader.tick()  # this host runs 20 s ahead of the database
+
+    database_now = datetime.now(UTC) - timedelta(seconds=20)
+    assert len(clocks) == 1 and abs(clocks[0] - database_now) < timedelta(seconds=2)
+    with leader.database() as engine:
+        ((last_run_at, _),) = leases.recorded_runs(engine).values()
+    assert abs(last_run_at.replace(tzinfo=UTC) - database_now) < timedelta(seconds=2)
+    assert abs(app.now() - datetime.now(UTC)) < timedelta(seconds=2)  # only inside its tick

@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,14 @@ from amqp.channel import Channel
 from amqp.serialization import dumps
 from amqp.transport import TCPTransport
 from celery import Celery
+from celery.beat import ScheduleEntry
+from celery.schedules import schedule
 from celery.utils.quorum_queues import detect_quorum_queues
 from kombu import Exchange, Queue
 
 from batchapp.internals import contract
 from batchapp.internals.channel import socket_timeout, unwaited_confirm_channel
+from batchapp.internals.clock import app_clock
 from batchapp.internals.result import ResultAfterPublish
 from batchapp.internals.result_backend import DatabaseBackend
 from batchapp.internals.task_messages import TaskMessages
@@ -250,3 +254,25 @@ def test_quorum_queues_are_detected_as_the_worker_detects_them() -> None:
     app.conf.worker_detect_quorum_queues = True
     assert detect_quorum_queues(app, "amqp")[0] is True
     assert detect_quorum_queues(app, "redis")[0] is False
+
+
+# -- internals/clock.py ------------------------------------------------------------------------
+
+
+def test_beats_schedules_and_a_ticks_expiry_read_the_apps_clock(memory_app: Celery) -> None:
+    @memory_app.task(name="contract.tick")
+    def tick() -> None:
+        pass
+
+    shifted = datetime.now(UTC) - timedelta(hours=1)
+    with app_clock(memory_app, lambda: shifted):
+        assert schedule(timedelta(seconds=10), app=memory_app).now() == shifted
+        entry = ScheduleEntry(
+            name="t", task="contract.tick", schedule=timedelta(seconds=10), app=memory_app
+        )
+        assert entry.last_run_at == shifted
+        tick.apply_async(expires=5, queue="work")
+    assert abs(memory_app.now() - datetime.now(UTC)) < timedelta(seconds=5)  # restored after
+    (message,) = _received(memory_app, "work")
+    assert datetime.fromisoformat(message.headers["expires"]) == shifted + timedelta(seconds=5)
+    assert float(message.properties["expiration"]) == 5000  # RabbitMQ's TTL, in milliseconds

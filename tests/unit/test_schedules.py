@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 
-from batchapp import Int, Job, every, job
+from batchapp import Int, Job, every, job, service
 from batchapp.beat import leases, stored
 from batchapp.beat import scheduler as scheduler_module
 from batchapp.beat.entries import code_entries, declared_entries
@@ -29,6 +29,7 @@ from batchapp.celery import app, settings
 from batchapp.cli.commands import main
 from batchapp.jobs import JobContext
 from batchapp.jobs.periodic import SalesReport
+from batchapp.runtime import job_context
 from batchapp.storage.engines import engine_for
 from batchapp.storage.tables import ensure_schema, schedules
 from tests.unit.conftest import RUN_DATA_DIR
@@ -450,3 +451,21 @@ def test_the_listing_shows_source_state_and_next_run() -> None:
     resumed = invoke("resume", name)
     assert " 03:00:00 Asia/Seoul" in resumed.output
     assert invoke("remove", name).output.strip() == f"removed {name}"
+
+
+def test_the_listing_shows_a_next_run_on_this_hosts_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = job_context().engine
+    behind = timedelta(hours=1)  # the database's clock, an hour behind this host's
+    name = f"skew-{uuid.uuid4().hex[:6]}"
+    added_at = datetime.now(UTC).replace(tzinfo=None) - behind
+    stored.add(engine, name, "parallel_sum", {"n": "5"}, Every(60), now=added_at)
+    monkeypatch.setattr(leases, "clock_offset", lambda engine: -behind)
+    try:
+        entries, _ = service.schedule()
+    finally:
+        stored.remove(engine, name)
+
+    [entry] = [e for e in entries if e.name == name]
+    assert entry.next_run is not None
+    due_in = (entry.next_run - datetime.now(UTC)).total_seconds()
+    assert 50 < due_in <= 61, due_in  # a minute after it was added, not overdue
