@@ -88,7 +88,8 @@ def test_a_process_holding_too_many_vhosts_is_refused_before_the_broker_is_asked
     monkeypatch.setattr(support, "live_vhosts", held)
     asked: list[tuple[str, ...]] = []
     monkeypatch.setattr(support, "rabbitmqctl", lambda *args, **kw: asked.append(args))
-    refused = pytest.raises(RuntimeError, match=r"already holds 4 vhosts \(at most 4\)")
+    most = support.MAX_VHOSTS_PER_PROCESS
+    refused = pytest.raises(RuntimeError, match=rf"already holds {most} vhosts \(at most {most}\)")
     with refused, support.rabbitmq_vhost("batchapp-leak"):
         pass
     assert asked == []

@@ -286,7 +286,7 @@ def test_a_scrape_runs_the_same_few_statements_whatever_the_number_of_jobs(
         scrape(ctx)
         counted.append(len(statements))
 
-    assert counted == [2, 2]  # the ledger and the beat lease
+    assert counted == [3, 3]  # the ledger, the database's clock and the beat lease
 
 
 def test_a_queue_the_broker_has_not_declared_has_no_sample(ctx: JobContext) -> None:
