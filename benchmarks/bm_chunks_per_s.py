@@ -10,6 +10,9 @@ same 2 worker processes (one worker, concurrency 2) in every variant.
   ``reduce_sum`` as its body (Redis counts the parts itself). Its Redis is this run's own
   ``redis-server`` on a free port (as in ``peers.py``).
 
+- ``batchapp_sqlite_prefetch``: context, no target: ``batchapp_sqlite`` with
+  ``BATCHAPP_PREFETCH_MULTIPLIER=16``.
+
 Each variant runs a small warm-up job, then ``runs`` timed jobs; the figure is the median.
 """
 
@@ -31,6 +34,7 @@ FULL = {"chunks": 10_000, "runs": 3, "warmup": 200}
 QUICK = {"chunks": 1_000, "runs": 2, "warmup": 100}
 VARIANTS = ("batchapp_sqlite", "batchapp_postgresql", "celery_rpc_group", "celery_redis_chord")
 JOB_TIMEOUT_S = 900.0
+DEEP_PREFETCH = "16"
 # batchapp's chunks/s over the stock Celery reference named beside each database.
 TARGETS = {"batchapp_sqlite": "celery_rpc_group", "batchapp_postgresql": "celery_redis_chord"}
 
@@ -41,6 +45,11 @@ def measure(bench: Bench, size: JSONDict) -> JSONDict:
     sqlite = bench.variant("chunks-sqlite")
     with sqlite.workers(concurrency=2):
         out["batchapp_sqlite"] = sqlite.client(__name__, kind="batchapp", **size)
+    # Context, no target: the same with a deeper prefetch (see docs/performance.md, the
+    # profile of the chunk path).
+    deep = bench.variant("chunks-sqlite-prefetch", BATCHAPP_PREFETCH_MULTIPLIER=DEEP_PREFETCH)
+    with deep.workers(concurrency=2):
+        out["batchapp_sqlite_prefetch"] = deep.client(__name__, kind="batchapp", **size)
     with postgres_database() as url:
         postgres = bench.variant("chunks-postgresql", BATCHAPP_DATABASE_URL=url)
         with postgres.workers(concurrency=2):
@@ -56,10 +65,10 @@ def measure(bench: Bench, size: JSONDict) -> JSONDict:
         chord = stock_celery(bench, "chunks-celery-redis", f"{redis_url}/1", "chord")
         with celery_worker(chord):
             out["celery_redis_chord"] = chord.client(__name__, kind="celery", **size)
-    for name in VARIANTS:
-        progress(f"chunks_per_s {name}: {out[name]['chunks_per_s']:.0f}/s")
+    for name, figures in out.items():
+        progress(f"chunks_per_s {name}: {figures['chunks_per_s']:.0f}/s")
     return {
-        "chunks_per_s": {name: out[name] for name in VARIANTS},
+        "chunks_per_s": out,
         "ratios": {
             f"chunks_{ours}_over_{theirs}": ratio(
                 out[ours]["chunks_per_s"], out[theirs]["chunks_per_s"]
@@ -148,9 +157,13 @@ def targets(f: JSONDict, quick: bool) -> list[Target]:
     rows = []
     for ours, theirs in TARGETS.items():
         mine, ref = f["chunks_per_s"][ours], f["chunks_per_s"][theirs]
+        value = f"{mine['chunks_per_s']:.0f}/s"
+        if ours == "batchapp_sqlite":
+            deep = f["chunks_per_s"]["batchapp_sqlite_prefetch"]["chunks_per_s"]
+            value += f" (prefetch {DEEP_PREFETCH}: {deep:.0f}/s)"
         row = Target(
             f"chunks/s, {mine['chunks']:,}-chunk job, {ours} vs {theirs}",
-            f"{mine['chunks_per_s']:.0f}/s",
+            value,
             f"{ref['chunks_per_s']:.0f}/s",
             f["ratios"][f"chunks_{ours}_over_{theirs}"],
         )
