@@ -121,3 +121,29 @@ def test_a_chunk_on_a_connection_the_server_closed_runs_its_transaction_again(
     assert len(dropped) == 1, "the pooled connection was not the dead one"
     assert ledger.get(ctx, view.id).result == 210
     engine.dispose()
+
+
+def test_a_read_outside_a_transaction_leaves_the_next_transaction_atomic(
+    seoul_postgres_url: str,
+) -> None:
+    from datetime import datetime
+
+    from sqlalchemy import Connection, func, select
+
+    from batchapp.storage.engines import in_transaction, read_row
+    from batchapp.storage.tables import locks
+
+    engine = engine_for(seoul_postgres_url, pool_pre_ping=False, pool_size=1)
+
+    def write_then_fail(connection: Connection) -> None:
+        connection.execute(
+            locks.insert().values(name="atomic", job_id="j", expires_at=datetime(2030, 1, 1))
+        )
+        raise RuntimeError("after the write")
+
+    with engine.connect() as connection:
+        assert read_row(connection, select(func.count()).select_from(locks), {}) == (0,)
+        with pytest.raises(RuntimeError, match="after the write"):
+            in_transaction(connection, write_then_fail, write=True)
+        assert read_row(connection, select(func.count()).select_from(locks), {}) == (0,)
+    engine.dispose()
