@@ -332,14 +332,25 @@ def ensure_schema(engine: Engine) -> None:
                 metadata.create_all(connection)
                 _add_missing_columns(connection)
                 _add_missing_indexes(connection)
-                for statement in SALES_TRIGGERS.get(connection.dialect.name, []):
-                    connection.exec_driver_sql(statement)
+                _add_sales_triggers(connection)
             break
         except DatabaseError:
             # Another process created the same table between our check and our CREATE.
             if attempt == _CREATE_ATTEMPTS - 1:
                 raise
     _prepared.add(key)
+
+
+def _add_sales_triggers(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Replacing a function takes a lock that workers starting at once would contend for.
+        found = connection.exec_driver_sql(
+            "SELECT 1 FROM pg_trigger WHERE tgname = 'sales_refold' AND tgrelid = 'sales'::regclass"
+        ).first()
+        if found is not None:
+            return
+    for statement in SALES_TRIGGERS.get(connection.dialect.name, []):
+        connection.exec_driver_sql(statement)
 
 
 def _add_missing_columns(connection: Connection) -> None:
