@@ -62,6 +62,7 @@ from tests.unit.test_ledger import (  # noqa: F401 - collected here, with ctx on
     test_retry_waits_for_a_failure_being_recorded_and_counts_it,
     test_rows_committed_while_the_report_runs_are_folded_by_the_next_run,
     test_the_brokers_delivery_count_fails_a_poison_chunk_at_once,
+    test_the_first_report_after_an_upgrade_rebuilds_sales_daily_once,
     test_the_report_folds_in_new_rows_and_equals_a_full_recompute,
     test_two_deliveries_of_a_chunk_at_once_write_its_output_and_reduce_once,
     test_two_submits_with_one_key_at_once_create_one_job,

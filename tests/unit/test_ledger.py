@@ -341,6 +341,39 @@ def test_the_report_folds_in_new_rows_and_equals_a_full_recompute(ctx: JobContex
     assert report()["folded"] == 0
 
 
+def test_the_first_report_after_an_upgrade_rebuilds_sales_daily_once(ctx: JobContext) -> None:
+    from sqlalchemy import delete
+
+    from batchapp.jobs.sales_report import recompute
+    from batchapp.storage.tables import sales_daily, sales_daily_state
+
+    write_sample(ctx.settings.data_dir / "a.csv", 60, 0.0, seed=1)
+    load = ledger.submit(ctx, "import_csv", {"path": "a.csv"}, Published())
+    run_all(ctx, load.id, range(load.chunks_total))
+    first = ledger.submit(ctx, "report", {}, Published())
+    ledger.run_chunk(ctx, first.id, 0)
+    # As an older version leaves it: totals from a full recompute, no row marked folded.
+    with ctx.engine.begin() as connection:
+        connection.execute(delete(sales_daily_state))
+        connection.execute(sales.update().values(folded=None))
+
+    again = ledger.submit(ctx, "report", {}, Published())
+    ledger.run_chunk(ctx, again.id, 0)
+
+    assert ledger.get(ctx, again.id).result["folded"] == 60
+    with ctx.engine.connect() as connection:
+        kept = connection.execute(
+            select(
+                sales_daily.c.day,
+                sales_daily.c.store,
+                sales_daily.c.orders,
+                sales_daily.c.units,
+                sales_daily.c.revenue_cents,
+            ).order_by(sales_daily.c.day, sales_daily.c.store)
+        ).all()
+        assert [tuple(row) for row in kept] == recompute(connection)
+
+
 def test_rows_committed_while_the_report_runs_are_folded_by_the_next_run(
     ctx: JobContext,
 ) -> None:
