@@ -65,10 +65,15 @@ def measure(bench: Bench, size: JSONDict) -> JSONDict:
 
     folder = bench.root / "chunks-redis"
     folder.mkdir()
-    with redis_server(folder) as (redis_url, _pid):
-        chord = stock_celery(bench, "chunks-celery-redis", f"{redis_url}/1", "chord")
-        with celery_worker(chord):
-            out["celery_redis_chord"] = chord.client(__name__, kind="celery", **size)
+    with redis_server(folder) as (redis_url, redis_pid):
+        # The guard stops it too if the runner is killed (it runs in a group of its own).
+        bench.guard.tell("group", redis_pid)
+        try:
+            chord = stock_celery(bench, "chunks-celery-redis", f"{redis_url}/1", "chord")
+            with celery_worker(chord):
+                out["celery_redis_chord"] = chord.client(__name__, kind="celery", **size)
+        finally:
+            bench.guard.tell("ended", redis_pid)
     for name, figures in out.items():
         progress(f"chunks_per_s {name}: {figures['chunks_per_s']:.0f}/s")
     return {
