@@ -33,13 +33,6 @@ POSITIVE = {
     "rtt_during_import_ms": ("median", "max", "calls", "chunk_median"),
     "ticks_during_import": ("sent", "ran"),
     "chunk_lock": ("job_row_per_commit", "chunk_row_guard"),
-    "chunks_per_s": (
-        "batchapp_sqlite",
-        "batchapp_postgresql",
-        "celery_rpc_group",
-        "celery_redis_chord",
-    ),
-    "report": ("sqlite", "postgresql"),
     "ratios": (
         "rtt_sqlite_over_rpc",
         "tasks_sqlite_over_no_results",
@@ -84,6 +77,12 @@ def test_quick_run_meets_every_target_and_reports_every_figure() -> None:
         for key in keys:
             assert is_positive(figures[group][key]), f"{group}.{key} = {figures[group][key]!r}"
     assert is_positive(figures["parallel_sum_10_ms"])
+    for variant in ("batchapp_sqlite", "batchapp_postgresql", "celery_rpc_group"):
+        assert is_positive(figures["chunks_per_s"][variant]["chunks_per_s"]), variant
+    assert is_positive(figures["chunks_per_s"]["celery_redis_chord"]["chunks_per_s"])
+    for database in ("sqlite", "postgresql"):
+        report = figures["report"][database]
+        assert is_positive({k: report[k] for k in ("small_s", "large_s", "recompute_s")})
     assert figures["locked_errors"] == figures["locked_in_all_logs"] == 0
     assert figures["quick"] is True
     assert all(t["passed"] is not None for t in figures["targets"])
