@@ -31,9 +31,11 @@ from typing import Any
 
 import bm_chunk_lock
 import bm_flood
+import bm_chunks_per_s
 import bm_import
 import bm_locked_errors
 import bm_parallel_sum
+import bm_report
 import bm_rtt
 import bm_rtt_during_import
 import bm_submit_messages
@@ -48,12 +50,14 @@ MEASURES: tuple[ModuleType, ...] = (
     bm_tasks_per_s,
     bm_parallel_sum,
     bm_chunk_lock,
+    bm_chunks_per_s,
     bm_submit_messages,
     bm_locked_errors,
     bm_import,
     bm_rtt_during_import,
     bm_ticks_during_import,
     bm_flood,
+    bm_report,
 )
 
 

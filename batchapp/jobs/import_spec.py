@@ -116,7 +116,13 @@ def check_spec(
         raise DeclarationError(f"{where}: key column {key.name!r} cannot be optional")
     stored = [item.stored_name for item in _items(columns, derived)]
     if isinstance(table, Table):
-        names = [c.name for c in table.columns if c.name not in (job_column, line_column)]
+        # A column a job keeps (info={"imported": False}, the report's sales.folded) is not the
+        # file's: an import leaves it NULL.
+        names = [
+            c.name
+            for c in table.columns
+            if c.name not in (job_column, line_column) and c.info.get("imported", True)
+        ]
         if sorted(names) != sorted(stored):
             raise DeclarationError(f"{where}: columns {stored} do not match table {table.name}")
         stored = names

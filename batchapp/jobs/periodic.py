@@ -6,17 +6,17 @@ from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import Connection, DateTime, delete, func, insert, literal, select
+from sqlalchemy import Connection, delete, func, select
 
 from batchapp.broker import queues
 from batchapp.jobs.base import JSON, Chunk, ChunkOutcome, Job, JobContext, check_keys, utcnow
+from batchapp.jobs.sales_report import fold_sales
 from batchapp.storage.tables import (
     chunks,
     executions,
     import_rejects,
     jobs,
     locks,
-    sales,
     sales_daily,
     sales_rejects,
 )
@@ -42,26 +42,14 @@ class SalesReport(_SingleChunk):
     summary = "totals per day (in the configured timezone) and store into sales_daily"
 
     def commit(self, connection: Connection, chunk: Chunk, ctx: JobContext) -> ChunkOutcome:
-        now = utcnow()
-        totals = select(
-            sales.c.sold_on,
-            sales.c.store,
-            func.count(),
-            func.sum(sales.c.quantity),
-            func.sum(sales.c.amount_cents),
-            literal(now, DateTime()),
-        ).group_by(sales.c.sold_on, sales.c.store)
-        connection.execute(delete(sales_daily))
-        connection.execute(
-            insert(sales_daily).from_select(
-                ["day", "store", "orders", "units", "revenue_cents", "updated_at"], totals
-            )
-        )
+        folded = fold_sales(connection, utcnow())
         # Counted, not taken from rowcount: psycopg reports -1 for INSERT ... SELECT.
         written, days = connection.execute(
             select(func.count(), func.count(func.distinct(sales_daily.c.day)))
         ).one()
-        return ChunkOutcome(items_done=written, output={"rows": written, "days": days})
+        return ChunkOutcome(
+            items_done=folded, output={"rows": written, "days": days, "folded": folded}
+        )
 
 
 class Cleanup(_SingleChunk):

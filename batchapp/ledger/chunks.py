@@ -36,7 +36,7 @@ from batchapp.ledger.transitions import (
     move_chunks,
     move_job,
 )
-from batchapp.storage.engines import in_transaction
+from batchapp.storage.engines import in_transaction, read_row
 from batchapp.storage.tables import ensure_schema
 
 _WHY_DROPPED = {
@@ -70,9 +70,7 @@ def run_chunk(
     ensure_schema(ctx.engine)
     key = {"b_job_id": job_id, "b_idx": index}
     with ctx.engine.connect() as connection:
-        found = in_transaction(
-            connection, lambda c: c.execute(statements.FIND_CHUNK, key).first(), write=False
-        )
+        found = read_row(connection, statements.FIND_CHUNK, key)
         if found is None:
             raise UnknownJobError(f"job {job_id} chunk {index} is not in the ledger")
         try:

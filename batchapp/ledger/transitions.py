@@ -32,7 +32,7 @@ from batchapp.ledger.states import (
     UnknownJobError,
     check_job_move,
 )
-from batchapp.storage.engines import in_transaction
+from batchapp.storage.engines import in_transaction, read_row
 from batchapp.storage.tables import chunks, executions, jobs
 
 ERROR_KEEP = 2000
@@ -245,10 +245,7 @@ def any_pending(connection: Connection, job_id: str) -> bool:
     """Whether the job has a chunk left to run, as committed now (``connection`` holds no
     transaction)."""
     key = {"b_job_id": job_id}
-    found = in_transaction(
-        connection, lambda c: c.execute(statements.ANY_PENDING, key).first(), write=False
-    )
-    return found is not None
+    return read_row(connection, statements.ANY_PENDING, key) is not None
 
 
 def settle(connection: Connection, job: LockedJob) -> LockedJob:

@@ -30,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
+from sqlalchemy.sql.expression import Executable
 
 BUSY_TIMEOUT_MS = 30_000
 # How long one try for the write lock waits inside SQLite, and the most a writer then sleeps
@@ -328,6 +329,40 @@ def in_transaction(connection: Connection, work: Callable[[Connection], T], *, w
         if not exc.connection_invalidated:
             raise
     return _transaction(connection, work, write)
+
+
+def read_row(connection: Connection, statement: Executable, params: dict[str, Any]) -> Any:
+    """The first row of one read-only statement, on a connection held for several
+    transactions, as committed when it runs.
+
+    On PostgreSQL the statement runs outside any transaction (autocommit): one round trip
+    instead of three (``BEGIN``, the statement, ``COMMIT``), and what it sees is what its own
+    transaction would have seen. SQLite has no round trips: there it is a read transaction.
+    A connection the server closed is replaced once, as in :func:`in_transaction`.
+    """
+    if connection.dialect.name == "sqlite":
+        return in_transaction(
+            connection, lambda c: c.execute(statement, params).first(), write=False
+        )
+    try:
+        return _autocommit_read(connection, statement, params)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+    return _autocommit_read(connection, statement, params)
+
+
+def _autocommit_read(connection: Connection, statement: Executable, params: dict[str, Any]) -> Any:
+    default = connection.default_isolation_level
+    connection.execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        row = connection.execute(statement, params).first()
+        connection.commit()  # ends SQLAlchemy's own transaction; nothing reaches the server
+        return row
+    finally:
+        if connection.in_transaction():
+            connection.rollback()
+        connection.execution_options(isolation_level=default)
 
 
 def _transaction(connection: Connection, work: Callable[[Connection], T], write: bool) -> T:

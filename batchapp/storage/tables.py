@@ -172,6 +172,16 @@ sales = Table(
     Column("job_id", String(32), nullable=False),
     # The line of the file it came from (NULL for rows imported before this column existed).
     Column("line", BigInteger),
+    # Set once the report has added the row into sales_daily; NULL: not yet (a new row, or one
+    # whose report columns changed since: see SALES_TRIGGERS).
+    Column("folded", Boolean, info={"imported": False}),
+    # The rows the next report folds in, whatever the table's size.
+    Index(
+        "ix_sales_unfolded",
+        "folded",
+        sqlite_where=text("folded IS NULL"),
+        postgresql_where=text("folded IS NULL"),
+    ),
 )
 
 
@@ -203,6 +213,52 @@ sales_daily = Table(
     Column("revenue_cents", BigInteger, nullable=False),
     Column("updated_at", DateTime, nullable=False),
 )
+
+sales_daily_changes = Table(
+    "sales_daily_changes",
+    metadata,
+    # What folded rows that changed or went away took out of sales_daily (negative), written by
+    # SALES_TRIGGERS; the next report applies and removes them.
+    Column("day", Date, nullable=False),
+    Column("store", String(32), nullable=False),
+    Column("orders", BigInteger, nullable=False),
+    Column("units", BigInteger, nullable=False),
+    Column("revenue_cents", BigInteger, nullable=False),
+)
+
+sales_daily_state = Table(
+    "sales_daily_state",
+    metadata,
+    # One row once sales_daily is kept by folding rows in; absent: the next report rebuilds it.
+    Column("name", String(32), primary_key=True),
+    Column("since", DateTime, nullable=False),
+)
+
+# A folded sales row whose report columns change (an import's earlier line taking its key over)
+# or that is deleted: its old values go to sales_daily_changes and the row is folded again.
+# Inserts fire nothing, so imports pay only for ix_sales_unfolded.
+_REPORT_COLUMNS = "sold_on, store, quantity, amount_cents"
+_TAKE_OUT = (
+    "INSERT INTO sales_daily_changes (day, store, orders, units, revenue_cents) "
+    "VALUES (OLD.sold_on, OLD.store, -1, -OLD.quantity, -OLD.amount_cents);"
+)
+SALES_TRIGGERS = {
+    "sqlite": [
+        f"CREATE TRIGGER IF NOT EXISTS sales_refold_update AFTER UPDATE OF {_REPORT_COLUMNS} "
+        f"ON sales WHEN OLD.folded IS NOT NULL BEGIN {_TAKE_OUT} "
+        "UPDATE sales SET folded = NULL WHERE rowid = NEW.rowid; END",
+        "CREATE TRIGGER IF NOT EXISTS sales_refold_delete AFTER DELETE ON sales "
+        f"WHEN OLD.folded IS NOT NULL BEGIN {_TAKE_OUT} END",
+    ],
+    "postgresql": [
+        "CREATE OR REPLACE FUNCTION sales_refold() RETURNS trigger LANGUAGE plpgsql AS $$ "
+        f"BEGIN IF OLD.folded IS NOT NULL THEN {_TAKE_OUT} END IF; "
+        "IF TG_OP = 'DELETE' THEN RETURN OLD; END IF; "
+        "NEW.folded := NULL; RETURN NEW; END $$",
+        f"CREATE OR REPLACE TRIGGER sales_refold BEFORE UPDATE OF {_REPORT_COLUMNS} OR DELETE "
+        "ON sales FOR EACH ROW EXECUTE FUNCTION sales_refold()",
+    ],
+}
 
 beat_leases = Table(
     "batch_beat_leases",
@@ -276,12 +332,25 @@ def ensure_schema(engine: Engine) -> None:
                 metadata.create_all(connection)
                 _add_missing_columns(connection)
                 _add_missing_indexes(connection)
+                _add_sales_triggers(connection)
             break
         except DatabaseError:
             # Another process created the same table between our check and our CREATE.
             if attempt == _CREATE_ATTEMPTS - 1:
                 raise
     _prepared.add(key)
+
+
+def _add_sales_triggers(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Replacing a function takes a lock that workers starting at once would contend for.
+        found = connection.exec_driver_sql(
+            "SELECT 1 FROM pg_trigger WHERE tgname = 'sales_refold' AND tgrelid = 'sales'::regclass"
+        ).first()
+        if found is not None:
+            return
+    for statement in SALES_TRIGGERS.get(connection.dialect.name, []):
+        connection.exec_driver_sql(statement)
 
 
 def _add_missing_columns(connection: Connection) -> None:

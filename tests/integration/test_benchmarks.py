@@ -51,6 +51,12 @@ POSITIVE = {
         "chunk_lock_after_over_before",
         "chunks_per_s_after_over_before",
         "flood_median_over_quiet",
+        "chunks_batchapp_sqlite_over_celery_rpc_group",
+        "chunks_batchapp_postgresql_over_celery_redis_chord",
+        "report_sqlite_large_over_small",
+        "report_sqlite_small_over_recompute",
+        "report_postgresql_large_over_small",
+        "report_postgresql_small_over_recompute",
     ),
     "spread": ("rtt_ms", "tasks_per_s", "parallel_sum_10_ms", "group_10_ms"),
 }
@@ -65,11 +71,11 @@ def is_positive(value: Any) -> bool:
 def test_quick_run_meets_every_target_and_reports_every_figure() -> None:
     # The run's own environment: the script must replace its BATCHAPP_* for its children.
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--json", "--timeout", "200"],
+        [sys.executable, str(SCRIPT), "--quick", "--json", "--timeout", "400"],
         env=dict(os.environ),
         capture_output=True,
         text=True,
-        timeout=260,
+        timeout=460,
     )
 
     figures = json.loads(done.stdout)
@@ -81,6 +87,12 @@ def test_quick_run_meets_every_target_and_reports_every_figure() -> None:
         for key in keys:
             assert is_positive(figures[group][key]), f"{group}.{key} = {figures[group][key]!r}"
     assert is_positive(figures["parallel_sum_10_ms"])
+    for variant in ("batchapp_sqlite", "batchapp_postgresql", "celery_rpc_group"):
+        assert is_positive(figures["chunks_per_s"][variant]["chunks_per_s"]), variant
+    assert is_positive(figures["chunks_per_s"]["celery_redis_chord"]["chunks_per_s"])
+    for database in ("sqlite", "postgresql"):
+        report = figures["report"][database]
+        assert is_positive({k: report[k] for k in ("small_s", "large_s", "recompute_s")})
     assert figures["locked_errors"] == figures["locked_in_all_logs"] == 0
     assert figures["flood"]["dead"] == figures["flood"]["bad"]
     assert figures["flood"]["lost_calls"] == figures["flood"]["wrong_calls"] == 0

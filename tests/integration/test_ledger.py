@@ -60,7 +60,10 @@ from tests.unit.test_ledger import (  # noqa: F401 - collected here, with ctx on
     test_retry_of_a_succeeded_job_is_refused,
     test_retry_republishes_only_failed_chunks_and_then_succeeds,
     test_retry_waits_for_a_failure_being_recorded_and_counts_it,
+    test_rows_committed_while_the_report_runs_are_folded_by_the_next_run,
     test_the_brokers_delivery_count_fails_a_poison_chunk_at_once,
+    test_the_first_report_after_an_upgrade_rebuilds_sales_daily_once,
+    test_the_report_folds_in_new_rows_and_equals_a_full_recompute,
     test_two_deliveries_of_a_chunk_at_once_write_its_output_and_reduce_once,
     test_two_submits_with_one_key_at_once_create_one_job,
     test_unknown_job_id_is_named,
@@ -118,4 +121,30 @@ def test_a_chunk_on_a_connection_the_server_closed_runs_its_transaction_again(
     assert "done: 10 items" in ledger.run_chunk(ctx, view.id, 1)
     assert len(dropped) == 1, "the pooled connection was not the dead one"
     assert ledger.get(ctx, view.id).result == 210
+    engine.dispose()
+
+
+def test_a_read_outside_a_transaction_leaves_the_next_transaction_atomic(
+    seoul_postgres_url: str,
+) -> None:
+    from datetime import datetime
+
+    from sqlalchemy import Connection, func, select
+
+    from batchapp.storage.engines import in_transaction, read_row
+    from batchapp.storage.tables import locks
+
+    engine = engine_for(seoul_postgres_url, pool_pre_ping=False, pool_size=1)
+
+    def write_then_fail(connection: Connection) -> None:
+        connection.execute(
+            locks.insert().values(name="atomic", job_id="j", expires_at=datetime(2030, 1, 1))
+        )
+        raise RuntimeError("after the write")
+
+    with engine.connect() as connection:
+        assert read_row(connection, select(func.count()).select_from(locks), {}) == (0,)
+        with pytest.raises(RuntimeError, match="after the write"):
+            in_transaction(connection, write_then_fail, write=True)
+        assert read_row(connection, select(func.count()).select_from(locks), {}) == (0,)
     engine.dispose()

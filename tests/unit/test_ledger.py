@@ -277,7 +277,162 @@ def test_report_totals_sales_per_seoul_day_and_store(ctx: JobContext) -> None:
         ("2026-11-25", "ST-1", 1, 1, 1000),
         ("2026-11-25", "ST-2", 1, 3, 600),
     ]
-    assert ledger.get(ctx, report.id).result == {"rows": 3, "days": 2}
+    assert ledger.get(ctx, report.id).result == {"rows": 3, "days": 2, "folded": 3}
+
+
+def test_the_report_folds_in_new_rows_and_equals_a_full_recompute(ctx: JobContext) -> None:
+    from sqlalchemy import delete
+
+    from batchapp.jobs.sales_report import recompute
+    from batchapp.storage.tables import sales_daily
+
+    def report() -> dict[str, int]:
+        view = ledger.submit(ctx, "report", {}, Published())
+        ledger.run_chunk(ctx, view.id, 0)
+        done = ledger.get(ctx, view.id)
+        assert done.status == "succeeded", done.error
+        with ctx.engine.connect() as connection:
+            kept = connection.execute(
+                select(
+                    sales_daily.c.day,
+                    sales_daily.c.store,
+                    sales_daily.c.orders,
+                    sales_daily.c.units,
+                    sales_daily.c.revenue_cents,
+                ).order_by(sales_daily.c.day, sales_daily.c.store)
+            ).all()
+            assert [tuple(row) for row in kept] == recompute(connection)
+        return dict(done.result)
+
+    def load(name: str, chunks: Sequence[int] | None = None) -> Any:
+        view = ledger.submit(ctx, "import_csv", {"path": name, "chunk_rows": 50}, Published())
+        run_all(ctx, view.id, range(view.chunks_total) if chunks is None else chunks)
+        return view
+
+    write_sample(ctx.settings.data_dir / "a.csv", 120, 0.0, seed=1)
+    write_sample(ctx.settings.data_dir / "b.csv", 90, 0.0, seed=2)
+    assert report()["folded"] == 0
+    load("a.csv")
+    assert report()["folded"] == 120
+    load("a.csv")  # a re-import adds nothing
+    assert report()["folded"] == 0
+    b = load("b.csv", [1])  # half an import, then the report, then the rest
+    assert report()["folded"] == 40
+    run_all(ctx, b.id, [0])
+    assert report()["folded"] == 50
+
+    # A key on lines 2 and 5: its later line commits first and is folded; its earlier line then
+    # takes the key over with other values, and the report takes the old ones out.
+    header = "order_id,sold_at,store,sku,quantity,unit_price\n"
+    (ctx.settings.data_dir / "k.csv").write_text(
+        header + "K-1,2026-11-24T10:00:00Z,ST-9,SKU-1,2,1.50\n"
+        "K-2,2026-11-24T11:00:00Z,ST-9,SKU-1,1,1.00\n"
+        "K-3,2026-11-25T11:00:00Z,ST-8,SKU-1,1,1.00\n"
+        "K-1,2026-11-26T10:00:00Z,ST-7,SKU-2,9,9.00\n"
+    )
+    k = ledger.submit(ctx, "import_csv", {"path": "k.csv", "chunk_rows": 3}, Published())
+    ledger.run_chunk(ctx, k.id, 1)
+    assert report()["folded"] == 1
+    ledger.run_chunk(ctx, k.id, 0)
+    assert report()["folded"] == 3  # K-1 again, with line 2's values, and K-2, K-3
+
+    with ctx.engine.begin() as connection:  # a folded row deleted by hand
+        connection.execute(delete(sales).where(sales.c.order_id == "K-3"))
+    assert report()["folded"] == 0
+
+
+def test_the_first_report_after_an_upgrade_rebuilds_sales_daily_once(ctx: JobContext) -> None:
+    from sqlalchemy import delete
+
+    from batchapp.jobs.sales_report import recompute
+    from batchapp.storage.tables import sales_daily, sales_daily_state
+
+    write_sample(ctx.settings.data_dir / "a.csv", 60, 0.0, seed=1)
+    load = ledger.submit(ctx, "import_csv", {"path": "a.csv"}, Published())
+    run_all(ctx, load.id, range(load.chunks_total))
+    first = ledger.submit(ctx, "report", {}, Published())
+    ledger.run_chunk(ctx, first.id, 0)
+    # As an older version leaves it: totals from a full recompute, no row marked folded.
+    with ctx.engine.begin() as connection:
+        connection.execute(delete(sales_daily_state))
+        connection.execute(sales.update().values(folded=None))
+
+    again = ledger.submit(ctx, "report", {}, Published())
+    ledger.run_chunk(ctx, again.id, 0)
+
+    assert ledger.get(ctx, again.id).result["folded"] == 60
+    with ctx.engine.connect() as connection:
+        kept = connection.execute(
+            select(
+                sales_daily.c.day,
+                sales_daily.c.store,
+                sales_daily.c.orders,
+                sales_daily.c.units,
+                sales_daily.c.revenue_cents,
+            ).order_by(sales_daily.c.day, sales_daily.c.store)
+        ).all()
+        assert [tuple(row) for row in kept] == recompute(connection)
+
+
+def test_rows_committed_while_the_report_runs_are_folded_by_the_next_run(
+    ctx: JobContext,
+) -> None:
+    import threading
+    from datetime import date, datetime
+
+    from batchapp.jobs.sales_report import recompute
+    from batchapp.storage.tables import ensure_schema, sales_daily
+
+    ensure_schema(ctx.engine)
+
+    def report() -> None:
+        view = ledger.submit(ctx, "report", {}, Published())
+        ledger.run_chunk(ctx, view.id, 0)
+
+    def row(order: str, quantity: int) -> dict[str, Any]:
+        return {
+            "order_id": order,
+            "sold_at": datetime(2026, 11, 24, 10),
+            "sold_on": date(2026, 11, 24),
+            "store": "ST-1",
+            "sku": "SKU-1",
+            "quantity": quantity,
+            "unit_price_cents": 100,
+            "amount_cents": 100 * quantity,
+            "job_id": "by-hand",
+        }
+
+    report()
+    with ctx.engine.connect() as held:  # an import's chunk, not yet committed
+        held.begin()
+        held.execute(sales.insert(), [row("Z-1", 1), row("Z-2", 2)])
+        running = threading.Thread(target=report)
+        running.start()
+        if ctx.engine.dialect.name == "postgresql":
+            # The report does not wait for the open chunk, and another commits meanwhile.
+            running.join(timeout=60)
+            assert not running.is_alive()
+            with ctx.engine.begin() as connection:
+                connection.execute(sales.insert(), [row("Z-0", 4)])
+        held.commit()  # on SQLite the report waited for this
+    running.join(timeout=60)
+    if ctx.engine.dialect.name == "sqlite":
+        with ctx.engine.begin() as connection:
+            connection.execute(sales.insert(), [row("Z-0", 4)])
+    report()
+
+    with ctx.engine.connect() as connection:
+        kept = connection.execute(
+            select(
+                sales_daily.c.day,
+                sales_daily.c.store,
+                sales_daily.c.orders,
+                sales_daily.c.units,
+                sales_daily.c.revenue_cents,
+            )
+        ).all()
+        assert [tuple(r) for r in kept] == recompute(connection)
+    assert [tuple(r)[2:] for r in kept] == [(3, 7, 700)]
 
 
 def test_cleanup_removes_jobs_past_retention_and_expires_results(ctx: JobContext) -> None:
