@@ -30,8 +30,8 @@ from types import ModuleType
 from typing import Any
 
 import bm_chunk_lock
-import bm_flood
 import bm_chunks_per_s
+import bm_flood
 import bm_import
 import bm_locked_errors
 import bm_parallel_sum
