@@ -26,8 +26,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from bm_chunk_lock import postgres_database
 from harness import HERE, Bench, JSONDict, Target, Variant, progress, ratio, registering, timing
+
+from tests.support import postgres_database
 
 NAME = "chunks_per_s"
 FULL = {"chunks": 10_000, "runs": 3, "warmup": 200}
@@ -54,7 +55,7 @@ def measure(bench: Bench, size: JSONDict) -> JSONDict:
     deep = bench.variant("chunks-sqlite-prefetch", BATCHAPP_PREFETCH_MULTIPLIER=DEEP_PREFETCH)
     with deep.workers(concurrency=2):
         out["batchapp_sqlite_prefetch"] = deep.client(__name__, kind="batchapp", **size)
-    with postgres_database() as url:
+    with postgres_database("batchapp_bench") as url:
         postgres = bench.variant("chunks-postgresql", BATCHAPP_DATABASE_URL=url)
         with postgres.workers(concurrency=2):
             out["batchapp_postgresql"] = postgres.client(__name__, kind="batchapp", **size)

@@ -20,8 +20,9 @@ import time
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from bm_chunk_lock import postgres_database
 from harness import Bench, JSONDict, Target, progress, ratio, timing
+
+from tests.support import postgres_database
 
 NAME = "report"
 FULL = {"sizes": [1_000_000, 4_000_000], "added": 10_000, "repeats": 5}
@@ -43,7 +44,7 @@ def measure(bench: Bench, size: JSONDict) -> JSONDict:
         if database == "sqlite":
             out[database] = bench.variant(f"report-{database}").client(__name__, **size)
         else:
-            with postgres_database() as url:
+            with postgres_database("batchapp_bench") as url:
                 variant = bench.variant(f"report-{database}", BATCHAPP_DATABASE_URL=url)
                 out[database] = variant.client(__name__, **size)
     ratios: JSONDict = {}
