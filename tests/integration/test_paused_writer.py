@@ -68,7 +68,10 @@ def test_a_worker_paused_outside_its_transactions_holds_up_no_other_writer(
         assert process_state(pid) == "T"
     finally:
         os.kill(pid, signal.SIGCONT)
-    done = ledger.wait(ctx, view.id, timeout=WAIT)
+    try:
+        done = ledger.wait(ctx, view.id, timeout=WAIT)
+    finally:
+        stack.stop_all()  # the next test counts what its own worker logs
     print(
         f"\npaused outside a transaction: {after.chunks_done - before} chunks committed by the "
         f"other worker in the {held:.1f} s its pool process was stopped "
