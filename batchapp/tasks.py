@@ -20,6 +20,7 @@ from batchapp.broker.publishing import BatchappTask, BrokerTimeout, TaskMessages
 from batchapp.celery import app, settings
 from batchapp.jobs import JOBS, ParamError, get_job
 from batchapp.runtime import job_context, ledger_here
+from batchapp.storage.engines import is_locked
 from batchapp.sums import MAX_N, sum_to
 from batchapp.validate import require_int, require_str
 
@@ -111,6 +112,33 @@ def run_chunk(self: Task, job_id: str, index: int) -> str:
             where,
         )
         return f"{exc} at {where}; dropped"
+    except OperationalError as exc:
+        if not is_locked(exc):
+            raise
+        return send_again_when_locked(job_id, index, exc)
+
+
+def send_again_when_locked(job_id: str, index: int, exc: OperationalError) -> str:
+    """Send a chunk again that waited SQLite's whole busy timeout for the write lock (another
+    process holds it: a writer paused inside its transaction): nothing of it was committed.
+
+    However long the lock is held, this is no failure: each try waits the busy timeout for the
+    lock, which spaces the tries, and a new message counts no retries (Celery's retries would
+    fail the chunk after ``max_retries``, and the broker guard dead-letters a message past its
+    cap). The new message is confirmed before this one is acknowledged, so the chunk is never
+    lost; delivered twice, the ledger drops it. If it cannot be sent, the error is the task's.
+    """
+    try:
+        publish_chunks(job_id, [index], queue_of(job_id))
+    except Exception as error:
+        raise exc from error
+    logger.warning(
+        "job %s chunk %s: the ledger stayed locked by another writer (%s); sent again",
+        job_id,
+        index,
+        exc.orig,
+    )
+    return f"job {job_id} chunk {index}: the ledger is locked; sent again"
 
 
 @app.task(name="batchapp.tasks.run_periodic", bind=True, throws=(ParamError,))

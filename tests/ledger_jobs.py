@@ -10,6 +10,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection
@@ -69,5 +70,33 @@ class IgnoresSoftLimit(SlowSum):
             time.sleep(3600)
 
 
-for _job in (SlowSum(), KillsItsProcess(), IgnoresSoftLimit()):
+class PausesOnce(SlowSum):
+    """Like slow_sum, but the chunk of number 1 writes its process id to
+    :func:`pid_file` and sleeps ``hold_ms`` in ``prepare``, outside any transaction, so a test
+    can stop that process there."""
+
+    name = "pauses_once"
+    params_help = "n=INT ms=INT hold_ms=INT"
+
+    def parse_params(self, raw: Mapping[str, Any], ctx: JobContext) -> dict[str, JSON]:
+        check_keys(self.name, raw, {"n", "ms", "hold_ms"})
+        return {
+            "n": int_param(self.name, raw, "n", minimum=0, maximum=10_000),
+            "ms": int_param(self.name, raw, "ms", default=0, minimum=0, maximum=60_000),
+            "hold_ms": int_param(self.name, raw, "hold_ms", default=0, minimum=0, maximum=60_000),
+        }
+
+    def prepare(self, params: dict[str, JSON], spec: dict[str, JSON], ctx: JobContext) -> Any:
+        if spec["number"] == 1:
+            pid_file(ctx).write_text(str(os.getpid()))
+            time.sleep(params["hold_ms"] / 1000)
+        return super().prepare(params, spec, ctx)
+
+
+def pid_file(ctx: JobContext) -> Path:
+    """Where the chunk of number 1 of ``pauses_once`` writes its process id."""
+    return ctx.settings.data_dir / "pauses_once.pid"
+
+
+for _job in (SlowSum(), KillsItsProcess(), IgnoresSoftLimit(), PausesOnce()):
     JOBS[_job.name] = _job

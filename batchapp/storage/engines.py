@@ -147,7 +147,7 @@ def _begin_immediate(connection: Connection) -> None:
     _take_write_lock(connection.exec_driver_sql, _driver(connection).execute)
 
 
-def _is_locked(exc: Exception) -> bool:
+def is_locked(exc: BaseException) -> bool:
     """SQLite's "database is locked", from the driver or as SQLAlchemy wraps it."""
     error = exc.orig if isinstance(exc, OperationalError) else exc
     return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
@@ -173,7 +173,7 @@ def _take_write_lock(
                 execute("BEGIN IMMEDIATE")
                 return
             except Exception as exc:
-                if not _is_locked(exc) or time.monotonic() >= deadline:
+                if not is_locked(exc) or time.monotonic() >= deadline:
                     raise
             time.sleep(random.uniform(0, WRITE_RETRY_MAX_S))
     finally:

@@ -7,6 +7,7 @@ which :func:`ensure_schema` adds in place, so upgrading never loses data.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from sqlalchemy import (
@@ -326,6 +327,11 @@ def ensure_schema(engine: Engine) -> None:
     key = engine.url.render_as_string(hide_password=False)
     if key in _prepared:
         return
+    if engine.dialect.name == "sqlite" and _sqlite_schema_complete(engine):
+        # Read only: a process starting while another holds SQLite's write lock (a writer
+        # paused in its transaction) would otherwise wait for it here, even to read.
+        _prepared.add(key)
+        return
     for attempt in range(_CREATE_ATTEMPTS):
         try:
             with write_transaction(engine) as connection:
@@ -339,6 +345,30 @@ def ensure_schema(engine: Engine) -> None:
             if attempt == _CREATE_ATTEMPTS - 1:
                 raise
     _prepared.add(key)
+
+
+def _sqlite_schema_complete(engine: Engine) -> bool:
+    """Every table, column, index and trigger of the schema is there (SQLite; read only)."""
+    with engine.connect() as connection:
+        inspector = inspect(connection)
+        if not set(metadata.tables) <= set(inspector.get_table_names()):
+            return False
+        for table in metadata.tables.values():
+            columns = {column["name"] for column in inspector.get_columns(table.name)}
+            indexes = {index["name"] for index in inspector.get_indexes(table.name)}
+            if not {column.name for column in table.columns} <= columns:
+                return False
+            if not {index.name for index in table.indexes} <= indexes:
+                return False
+        triggers = connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger'"
+        ).scalars()
+        wanted = {
+            found.group(1)
+            for statement in SALES_TRIGGERS["sqlite"]
+            if (found := re.search(r"CREATE TRIGGER IF NOT EXISTS (\w+)", statement))
+        }
+        return wanted <= set(triggers)
 
 
 def _add_sales_triggers(connection: Connection) -> None:

@@ -6,6 +6,7 @@ tests/integration/test_ledger_workers.py runs the ledger's jobs through real wor
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 
 import pytest
@@ -34,6 +35,31 @@ def test_recording_a_failure_retries_a_locked_database(monkeypatch: pytest.Monke
     failed = ledger.get(ctx, view.id)
     assert (len(calls), failed.status) == (3, "failed")
     assert "TimeoutError: hard time limit" in (failed.error or "")
+
+
+def test_a_chunk_the_locked_ledger_kept_from_committing_is_sent_again_not_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ctx = service.job_context()
+    view = ledger.submit(ctx, "parallel_sum", {"n": 10}, lambda *_: None)
+    sent: list[tuple[str, list[int], str]] = []
+
+    def locked(*args: object, **kwargs: object) -> str:
+        raise OperationalError(
+            "BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked")
+        )
+
+    def publish(job_id: str, indexes: Sequence[int], queue: str = "") -> None:
+        sent.append((job_id, list(indexes), queue))
+
+    monkeypatch.setattr(ledger, "run_chunk", locked)
+    monkeypatch.setattr(tasks, "publish_chunks", publish)
+    # Its last retry: before, the chunk failed here for "database is locked".
+    result = tasks.run_chunk.apply((view.id, 0), retries=tasks.run_chunk.max_retries)
+
+    assert result.successful(), result.result
+    assert sent == [(view.id, [0], queues.CHUNKS)]
+    assert ledger.get(ctx, view.id).chunks_failed == 0
 
 
 def test_periodic_jobs_publish_their_chunks_on_the_periodic_queue(
