@@ -323,12 +323,7 @@ def in_transaction(connection: Connection, work: Callable[[Connection], T], *, w
     took effect, or (a COMMIT whose answer was lost) because the work is guarded by the rows
     it changes, as a chunk's is.
     """
-    try:
-        return _transaction(connection, work, write)
-    except DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
-    return _transaction(connection, work, write)
+    return _once_more_if_invalidated(lambda: _transaction(connection, work, write))
 
 
 def read_row(connection: Connection, statement: Executable, params: dict[str, Any]) -> Any:
@@ -344,12 +339,17 @@ def read_row(connection: Connection, statement: Executable, params: dict[str, An
         return in_transaction(
             connection, lambda c: c.execute(statement, params).first(), write=False
         )
+    return _once_more_if_invalidated(lambda: _autocommit_read(connection, statement, params))
+
+
+def _once_more_if_invalidated(run: Callable[[], T]) -> T:
+    """``run()``, and once more if its connection was found closed (the pool replaced it)."""
     try:
-        return _autocommit_read(connection, statement, params)
+        return run()
     except DBAPIError as exc:
         if not exc.connection_invalidated:
             raise
-    return _autocommit_read(connection, statement, params)
+    return run()
 
 
 def _autocommit_read(connection: Connection, statement: Executable, params: dict[str, Any]) -> Any:

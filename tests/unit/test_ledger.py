@@ -37,6 +37,7 @@ from batchapp.storage.tables import (
     jobs,
     locks,
     sales,
+    sales_daily,
     sales_rejects,
 )
 from tests.interleaving import Interleaving
@@ -248,8 +249,21 @@ def test_import_refuses_paths_outside_the_data_dir(ctx: JobContext, escape: str)
         ledger.submit(ctx, "import_csv", {"path": path}, Published())
 
 
+def daily_totals(connection: Any) -> list[tuple[object, ...]]:
+    """``sales_daily`` as the report keeps it, in the order of :func:`recompute`'s rows."""
+    rows = connection.execute(
+        select(
+            sales_daily.c.day,
+            sales_daily.c.store,
+            sales_daily.c.orders,
+            sales_daily.c.units,
+            sales_daily.c.revenue_cents,
+        ).order_by(sales_daily.c.day, sales_daily.c.store)
+    )
+    return [tuple(row) for row in rows]
+
+
 def test_report_totals_sales_per_seoul_day_and_store(ctx: JobContext) -> None:
-    from batchapp.storage.tables import sales_daily
 
     (ctx.settings.data_dir / "r.csv").write_text(
         "order_id,sold_at,store,sku,quantity,unit_price\n"
@@ -263,15 +277,7 @@ def test_report_totals_sales_per_seoul_day_and_store(ctx: JobContext) -> None:
     ledger.run_chunk(ctx, report.id, 0)
 
     with ctx.engine.connect() as connection:
-        rows = connection.execute(
-            select(
-                sales_daily.c.day,
-                sales_daily.c.store,
-                sales_daily.c.orders,
-                sales_daily.c.units,
-                sales_daily.c.revenue_cents,
-            ).order_by(sales_daily.c.day, sales_daily.c.store)
-        ).all()
+        rows = daily_totals(connection)
     assert [(str(day), store, o, u, r) for day, store, o, u, r in rows] == [
         ("2026-11-24", "ST-1", 1, 2, 300),
         ("2026-11-25", "ST-1", 1, 1, 1000),
@@ -284,7 +290,6 @@ def test_the_report_folds_in_new_rows_and_equals_a_full_recompute(ctx: JobContex
     from sqlalchemy import delete
 
     from batchapp.jobs.sales_report import recompute
-    from batchapp.storage.tables import sales_daily
 
     def report() -> dict[str, int]:
         view = ledger.submit(ctx, "report", {}, Published())
@@ -292,16 +297,7 @@ def test_the_report_folds_in_new_rows_and_equals_a_full_recompute(ctx: JobContex
         done = ledger.get(ctx, view.id)
         assert done.status == "succeeded", done.error
         with ctx.engine.connect() as connection:
-            kept = connection.execute(
-                select(
-                    sales_daily.c.day,
-                    sales_daily.c.store,
-                    sales_daily.c.orders,
-                    sales_daily.c.units,
-                    sales_daily.c.revenue_cents,
-                ).order_by(sales_daily.c.day, sales_daily.c.store)
-            ).all()
-            assert [tuple(row) for row in kept] == recompute(connection)
+            assert daily_totals(connection) == recompute(connection)
         return dict(done.result)
 
     def load(name: str, chunks: Sequence[int] | None = None) -> Any:
@@ -345,7 +341,7 @@ def test_the_first_report_after_an_upgrade_rebuilds_sales_daily_once(ctx: JobCon
     from sqlalchemy import delete
 
     from batchapp.jobs.sales_report import recompute
-    from batchapp.storage.tables import sales_daily, sales_daily_state
+    from batchapp.storage.tables import sales_daily_state
 
     write_sample(ctx.settings.data_dir / "a.csv", 60, 0.0, seed=1)
     load = ledger.submit(ctx, "import_csv", {"path": "a.csv"}, Published())
@@ -362,16 +358,7 @@ def test_the_first_report_after_an_upgrade_rebuilds_sales_daily_once(ctx: JobCon
 
     assert ledger.get(ctx, again.id).result["folded"] == 60
     with ctx.engine.connect() as connection:
-        kept = connection.execute(
-            select(
-                sales_daily.c.day,
-                sales_daily.c.store,
-                sales_daily.c.orders,
-                sales_daily.c.units,
-                sales_daily.c.revenue_cents,
-            ).order_by(sales_daily.c.day, sales_daily.c.store)
-        ).all()
-        assert [tuple(row) for row in kept] == recompute(connection)
+        assert daily_totals(connection) == recompute(connection)
 
 
 def test_rows_committed_while_the_report_runs_are_folded_by_the_next_run(
@@ -381,7 +368,7 @@ def test_rows_committed_while_the_report_runs_are_folded_by_the_next_run(
     from datetime import date, datetime
 
     from batchapp.jobs.sales_report import recompute
-    from batchapp.storage.tables import ensure_schema, sales_daily
+    from batchapp.storage.tables import ensure_schema
 
     ensure_schema(ctx.engine)
 
@@ -422,17 +409,9 @@ def test_rows_committed_while_the_report_runs_are_folded_by_the_next_run(
     report()
 
     with ctx.engine.connect() as connection:
-        kept = connection.execute(
-            select(
-                sales_daily.c.day,
-                sales_daily.c.store,
-                sales_daily.c.orders,
-                sales_daily.c.units,
-                sales_daily.c.revenue_cents,
-            )
-        ).all()
-        assert [tuple(r) for r in kept] == recompute(connection)
-    assert [tuple(r)[2:] for r in kept] == [(3, 7, 700)]
+        kept = daily_totals(connection)
+        assert kept == recompute(connection)
+    assert [r[2:] for r in kept] == [(3, 7, 700)]
 
 
 def test_cleanup_removes_jobs_past_retention_and_expires_results(ctx: JobContext) -> None:
